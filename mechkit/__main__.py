@@ -1,0 +1,5 @@
+"""``python -m mechkit`` runs the command line."""
+
+from mechkit.cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""Everything that depends on TransformerLens's loading internals lives here.
+
+TransformerLens 3.9 is the pinned version; when mechkit moves to 4.x (TransformerBridge),
+this module is the one place to change.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import loading_from_pretrained as tl_loading
+
+# HookedTransformerConfig fields that describe the run, not the architecture.
+_RUNTIME_FIELDS = {"device", "n_devices", "dtype", "n_params", "tokenizer_name"}
+
+
+def official_names() -> list[str]:
+    return list(tl_loading.OFFICIAL_MODEL_NAMES)
+
+
+def official_name(name: str) -> str | None:
+    """TransformerLens's official (Hugging Face) repo id for a name or alias, or None."""
+    try:
+        return tl_loading.get_official_model_name(name)
+    except ValueError:
+        return None
+
+
+def _neutral_checkpoint_view(path: Path, label: str) -> tempfile.TemporaryDirectory:
+    """A temp dir of symlinks to ``path`` under a neutral name, with config.json made
+    complete for TransformerLens.
+
+    TransformerLens guesses architectures from the *path string* ("llama" in a folder name
+    selects its Llama branch), and reads ``n_ctx`` from GPT-2 configs, which transformers 5
+    no longer writes. The view avoids both without touching the user's files.
+    """
+    tmp = tempfile.TemporaryDirectory(prefix="mechkit-ckpt-")
+    view = Path(tmp.name) / label
+    view.mkdir()
+    for item in path.iterdir():
+        if item.name != "config.json":
+            (view / item.name).symlink_to(item.resolve())
+    config = json.loads((path / "config.json").read_text())
+    if "n_positions" in config and "n_ctx" not in config:
+        config["n_ctx"] = config["n_positions"]
+    (view / "config.json").write_text(json.dumps(config))
+    return tmp
+
+
+def hooked_from_hf_dir(
+    path: Path,
+    hf_model: torch.nn.Module,
+    tokenizer,
+    device: str,
+    dtype: torch.dtype,
+    label: str = "checkpoint",
+) -> HookedTransformer:
+    """Convert a loaded Hugging Face causal LM into an unprocessed HookedTransformer.
+
+    No weight processing (no LayerNorm folding, no centering), so logits equal the
+    Hugging Face model's.
+    """
+    with _neutral_checkpoint_view(path, label) as tmp:
+        view = str(Path(tmp) / label)
+        cfg = tl_loading.get_pretrained_model_config(
+            view, fold_ln=False, device=device, dtype=dtype, local_files_only=True
+        )
+        cfg.model_name = path.name if label == "checkpoint" else label
+        state_dict = tl_loading.get_pretrained_state_dict(
+            view, cfg, hf_model=hf_model, dtype=dtype, local_files_only=True
+        )
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    return model.to(device)
+
+
+def config_to_dict(cfg: HookedTransformerConfig) -> dict:
+    """The architecture part of a config, JSON-serialisable, for saving organisms."""
+    out = {}
+    for key, value in cfg.to_dict().items():
+        if key in _RUNTIME_FIELDS:
+            continue
+        if value is None or isinstance(value, (bool, int, float, str, list, dict)):
+            out[key] = value
+    return out
+
+
+def config_from_dict(data: dict, device: str, dtype: torch.dtype) -> HookedTransformerConfig:
+    data = {k: v for k, v in data.items() if k not in _RUNTIME_FIELDS}
+    return HookedTransformerConfig(**data, device=device, dtype=dtype)
+
+
+def hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return os.fspath(constants.HF_HUB_CACHE)

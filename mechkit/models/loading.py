@@ -1,0 +1,307 @@
+"""``load_model``: one spec string in, a TransformerLens ``HookedTransformer`` out.
+
+Spec forms:
+
+- ``organism:NAME`` — a model organism shipped under ``assets/organisms/NAME``.
+- a local directory holding a Hugging Face causal-LM checkpoint (config.json,
+  ``*.safetensors`` weights, tokenizer files).
+- a TransformerLens pretrained name (``gpt2``, ``EleutherAI/pythia-70m``) that is already in
+  the local Hugging Face cache.
+
+Nothing is downloaded: every load behaves as with ``HF_HUB_OFFLINE=1``. Weights are not
+processed (no LayerNorm folding or centering), so logits equal the source model's.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from transformer_lens import HookedTransformer
+
+from mechkit.errors import SpecError, did_you_mean
+from mechkit.models import _tl
+
+ORGANISM_PREFIX = "organism:"
+ORGANISM_CONFIG = "hooked_config.json"
+ORGANISM_WEIGHTS = "model.safetensors"
+
+# Causal-LM architectures whose weights TransformerLens 3.9 converts.
+SUPPORTED_ARCHITECTURES = (
+    "GPT2LMHeadModel",
+    "GPTNeoForCausalLM",
+    "GPTNeoXForCausalLM",
+    "GPTJForCausalLM",
+    "OPTForCausalLM",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "GemmaForCausalLM",
+    "Gemma2ForCausalLM",
+    "PhiForCausalLM",
+    "Phi3ForCausalLM",
+    "BloomForCausalLM",
+)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def organisms_dir() -> Path:
+    """Where shipped organisms live: ``$MECHKIT_ORGANISMS_DIR`` or the repo's ``assets/organisms``."""
+    env = os.environ.get("MECHKIT_ORGANISMS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "assets" / "organisms"
+
+
+def available_organisms() -> list[str]:
+    root = organisms_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / ORGANISM_CONFIG).is_file())
+
+
+def load_model(
+    spec: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> HookedTransformer:
+    """Load a hooked model from a spec (see the module docstring).
+
+    >>> model = load_model("organism:induction")  # doctest: +SKIP
+    >>> model.cfg.n_layers  # doctest: +SKIP
+    2
+
+    Args:
+        spec: ``organism:NAME``, a local checkpoint directory, or a cached pretrained name.
+        device: defaults to CUDA when available, else CPU.
+        dtype: defaults to float32.
+
+    Raises:
+        SpecError: one line saying what is wrong with the spec and what to do.
+    """
+    device = str(device) if device is not None else default_device()
+    dtype = _parse_dtype(dtype)
+    spec_str = os.fspath(spec)
+    if spec_str.startswith(ORGANISM_PREFIX):
+        model = load_organism(spec_str[len(ORGANISM_PREFIX) :], device, dtype)
+    elif Path(spec_str).exists():
+        model = load_hf_dir(Path(spec_str), device, dtype)
+    else:
+        model = load_cached_pretrained(spec_str, device, dtype)
+    model.eval()
+    return model
+
+
+def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise SpecError(f"unknown dtype {dtype!r}: use one of {', '.join(names)}")
+    return names[dtype]
+
+
+# --- organisms -------------------------------------------------------------------------
+
+
+def load_organism(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+    path = organisms_dir() / name
+    if not (path / ORGANISM_CONFIG).is_file():
+        raise SpecError(
+            f"no model organism {name!r} under {organisms_dir()}: "
+            + did_you_mean(name, available_organisms())
+        )
+    return load_organism_dir(path, device, dtype)
+
+
+def load_organism_dir(path: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
+    """Load an organism directory written by :func:`save_organism`."""
+    try:
+        config = json.loads((path / ORGANISM_CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SpecError(f"{path / ORGANISM_CONFIG} is not valid JSON: re-save the organism") from None
+    try:
+        cfg = _tl.config_from_dict(config, device=device, dtype=dtype)
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"{path / ORGANISM_CONFIG} is not a valid model config ({_first_line(err)})") from None
+    tokenizer = _load_tokenizer(path)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    state_dict = _read_safetensors(path / ORGANISM_WEIGHTS)
+    try:
+        model.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise SpecError(
+            f"weights in {path / ORGANISM_WEIGHTS} do not match {ORGANISM_CONFIG} ({first}): "
+            "re-save the organism"
+        ) from None
+    return model.to(device)
+
+
+def save_organism(model: HookedTransformer, path: str | os.PathLike, card: dict | None = None) -> Path:
+    """Write an organism directory: hooked_config.json, model.safetensors, tokenizer, card.json.
+
+    Writes into a temp sibling first and renames it into place, so an interrupted save
+    leaves any previous organism intact.
+    """
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        (tmp / ORGANISM_CONFIG).write_text(json.dumps(_tl.config_to_dict(model.cfg), indent=2) + "\n")
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, tmp / ORGANISM_WEIGHTS)
+        if model.tokenizer is None:
+            raise SpecError("the model has no tokenizer: set one before saving an organism")
+        model.tokenizer.save_pretrained(tmp)
+        if card is not None:
+            (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+# --- Hugging Face checkpoints ----------------------------------------------------------
+
+
+def load_hf_dir(path: Path, device: str, dtype: torch.dtype, label: str = "checkpoint") -> HookedTransformer:
+    if not path.is_dir():
+        raise SpecError(f"{path} is a file, not a checkpoint directory: pass the folder that holds config.json")
+    if (path / ORGANISM_CONFIG).is_file():
+        # A saved organism elsewhere on disk.
+        return load_organism_dir(path, device, dtype)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise SpecError(
+            f"{path} has no config.json: pass a Hugging Face checkpoint directory "
+            "(written by save_pretrained) or organism:NAME"
+        )
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SpecError(f"{config_path} is not valid JSON ({err.msg if hasattr(err, 'msg') else err}): re-save the checkpoint") from None
+    architectures = hf_config.get("architectures") or []
+    arch = architectures[0] if architectures else None
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise SpecError(
+            f"unsupported architecture {arch!r} in {config_path}: mechkit loads causal LMs that "
+            f"TransformerLens converts ({', '.join(SUPPORTED_ARCHITECTURES[:6])}, ...)"
+        )
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in path.glob("*.bin"))
+        hint = (
+            f" (found {pickled[0]}: mechkit never unpickles; re-save with save_pretrained(safe_serialization=True))"
+            if pickled
+            else ""
+        )
+        raise SpecError(f"no *.safetensors weights in {path}{hint}")
+    for file in weights:
+        _check_safetensors(file)
+    tokenizer = _load_tokenizer(path)
+    from transformers import AutoModelForCausalLM
+
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, use_safetensors=True, dtype=dtype
+        )
+    except Exception as err:  # transformers raises many types; keep one line of it
+        raise SpecError(f"could not load the checkpoint in {path}: {_first_line(err)}") from None
+    try:
+        return _tl.hooked_from_hf_dir(path, hf_model, tokenizer, device, dtype, label=label)
+    except Exception as err:
+        raise SpecError(
+            f"TransformerLens could not convert {arch} from {path}: {_first_line(err)}"
+        ) from None
+
+
+def load_cached_pretrained(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+    official = _tl.official_name(name)
+    if official is None:
+        raise SpecError(
+            f"unknown model spec {name!r}: not organism:NAME, not an existing directory, "
+            "and not a TransformerLens pretrained name; "
+            + did_you_mean(name, [ORGANISM_PREFIX + o for o in available_organisms()] + _tl.official_names())
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        snapshot = snapshot_download(official, local_files_only=True)
+    except LocalEntryNotFoundError:
+        raise SpecError(
+            f"{name!r} ({official}) is not in the local Hugging Face cache at {_tl.hf_cache_dir()}: "
+            f"on a machine with network run `hf download {official}` and copy that cache here "
+            "(or set HF_HOME to it), or pass a local checkpoint directory"
+        ) from None
+    return load_hf_dir(Path(snapshot), device, dtype, label=official.split("/")[-1])
+
+
+# --- shared helpers --------------------------------------------------------------------
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise SpecError(
+            f"no tokenizer files in {path} (looked for {', '.join(_TOKENIZER_FILES)}), so the tokenizer "
+            "cannot be loaded offline: save it there with tokenizer.save_pretrained(dir)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as err:
+        raise SpecError(
+            f"the tokenizer in {path} cannot be loaded offline ({_first_line(err)}): "
+            "save it there with tokenizer.save_pretrained(dir)"
+        ) from None
+
+
+def _check_safetensors(file: Path) -> None:
+    try:
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                f.get_slice(key)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SpecError(
+            f"{file} is not a readable safetensors file ({_first_line(err)}): it is corrupted or "
+            "truncated; re-save or re-copy it"
+        ) from None
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise SpecError(f"missing weights file {file}: re-save the organism")
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SpecError(
+            f"{file} is not a readable safetensors file ({_first_line(err)}): it is corrupted or "
+            "truncated; re-save or re-copy it"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:300]
