@@ -140,3 +140,62 @@ class Faithfulness:
     ci_low: float | None = None
     ci_high: float | None = None
     n_prompts: int | None = None
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """A discovered circuit: the graph's edges with scores, which of them are in the circuit,
+    and everything needed to re-check it (model spec + fingerprint, task spec, method).
+
+    ==============  ============  ==================================================
+    field           shape         meaning
+    ==============  ============  ==================================================
+    edge_names      [n_edges]     every edge of the graph (canonical names)
+    edge_scores     [n_edges]     attribution score per edge (float32)
+    in_circuit      [n_edges]     bool mask of the selected edges
+    node_scores     {name: x}     optional node-level scores
+    ==============  ============  ==================================================
+
+    Feature circuits (SAE features as nodes) use ``F:<hook>:<index>`` node names.
+    """
+
+    model_spec: str
+    model_fingerprint: str
+    task: dict[str, Any]  # name, params (generator parameters), seed, n (number of prompts), split
+    method: str  # e.g. "eap-ig", "eap", "exact", "acdc", "oracle"
+    hyperparameters: dict[str, Any]
+    edge_names: tuple[str, ...]
+    edge_scores: Tensor
+    in_circuit: Tensor
+    selection: dict[str, Any] = field(default_factory=dict)  # e.g. {"rule": "top-n", "n": 40}
+    node_scores: dict[str, float] = field(default_factory=dict)
+    faithfulness: tuple[Faithfulness, ...] = ()
+    created: str = ""  # ISO 8601, UTC
+    mechkit_version: str = ""
+
+    def __post_init__(self) -> None:
+        n = len(self.edge_names)
+        if self.edge_scores.shape != (n,) or self.in_circuit.shape != (n,):
+            raise ShapeError(
+                f"edge_scores {tuple(self.edge_scores.shape)} and in_circuit {tuple(self.in_circuit.shape)} "
+                f"must both have shape ({n},), one entry per edge name"
+            )
+
+    @property
+    def edges(self) -> list[Edge]:
+        """The in-circuit edges."""
+        return [Edge.parse(e) for e, keep in zip(self.edge_names, self.in_circuit.tolist()) if keep]
+
+    @property
+    def nodes(self) -> list[str]:
+        """Nodes touched by an in-circuit edge (plus scored nodes when there are no edges)."""
+        names = {n for e in self.edges for n in (e.src, e.dst)}
+        if not self.edge_names:
+            names = set(self.node_scores)
+        return sorted(names, key=_node_order)
+
+
+def _node_order(name: str) -> tuple:
+    node = Node.parse(name)
+    layer = {"embed": -1, "logits": 10**6}.get(node.kind, node.layer if node.layer is not None else 0)
+    return (layer, node.kind != "head", node.head or 0, name)
