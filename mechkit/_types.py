@@ -10,8 +10,10 @@ Canonical string forms (parsed once, here; callers never regex-split names):
 Shapes: ``batch`` prompts, ``pos`` token positions.
 """
 
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -193,6 +195,17 @@ class Circuit:
         if not self.edge_names:
             names = set(self.node_scores)
         return sorted(names, key=_node_order)
+
+    def save(self, path: "str | os.PathLike", *, sidecar: bool | None = None) -> "Path":
+        """Write this circuit as a ``mechkit.circuit/1`` artifact (see :mod:`mechkit.artifacts`)."""
+        from mechkit.artifacts import save_circuit
+
+        return save_circuit(self, path, sidecar=sidecar)
+
+    def _repr_html_(self) -> str:
+        from mechkit.viewer import circuit_html
+
+        return circuit_html(self, full_page=False)
 
 
 def _node_order(name: str) -> tuple:
