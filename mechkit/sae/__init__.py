@@ -1,0 +1,18 @@
+"""Sparse autoencoders: activation caches, SAELens training and evaluation, feature circuits.
+
+>>> from mechkit import sae                                                    # doctest: +SKIP
+>>> sae.write_cache(model, tokens, "cache/", hooks=["blocks.1.hook_resid_post"])  # doctest: +SKIP
+>>> s = sae.train_sae("cache/", "blocks.1.hook_resid_post", "saes/L1", sae.TrainConfig(steps=500))  # doctest: +SKIP
+>>> sae.evaluate_sae(model, sae.load_sae("saes/L1"), tokens)                    # doctest: +SKIP
+
+SAEs are SAELens objects throughout; mechkit adds the cache, resumable training and analysis.
+"""
+
+from mechkit.sae.cache import ActivationCache as ActivationCache, write_cache as write_cache
+from mechkit.sae.train import (
+    TrainConfig as TrainConfig,
+    architectures as architectures,
+    build_training_sae as build_training_sae,
+    train_sae as train_sae,
+)
+from mechkit.sae.io import load_sae as load_sae, sae_hook as sae_hook

@@ -1,0 +1,269 @@
+"""Activation cache: run a model over prompts and store chosen hooks' activations on disk.
+
+>>> write_cache(model, tokens, "cache/", hooks=["blocks.1.hook_resid_post"])  # doctest: +SKIP
+>>> acts = ActivationCache("cache/")                                            # doctest: +SKIP
+>>> next(acts.batches("blocks.1.hook_resid_post", batch_size=4096, seed=0)).shape  # doctest: +SKIP
+torch.Size([4096, 512])
+
+Layout (one directory per hook, one manifest per rank)::
+
+    <dir>/<hook>/rank{r:03d}-shard{i:05d}.safetensors   {"acts": [tokens, d]}
+    <dir>/manifest-rank{r:03d}.json                      written atomically after each shard
+
+Each rank (``RANK`` / ``WORLD_SIZE`` from the environment, as torchrun sets them) takes the
+sequence batches ``b`` with ``b % world_size == rank`` and writes only its own files, so
+processes never coordinate. A shard holds whole sequence batches; the manifest lists complete
+shards and the first sequence not yet stored, so a rerun after an interruption skips finished
+shards and overwrites a half-written one. Padding positions (past a prompt pair's
+``answer_pos``) are not stored.
+"""
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from mechkit._types import PromptPairs
+from mechkit.errors import ArtifactError, DataError, HookNameError, did_you_mean
+from mechkit.models import check_hook_name
+
+SCHEMA = "mechkit.sae.cache/1"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_LAYER = re.compile(r"blocks\.(\d+)\.")
+
+
+def _rank() -> tuple[int, int]:
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if not 0 <= rank < world:
+        raise DataError(f"RANK={rank} is outside WORLD_SIZE={world}: set 0 <= RANK < WORLD_SIZE")
+    return rank, world
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _as_sequences(data: Int[Tensor, "batch pos"] | PromptPairs) -> tuple[Tensor, Tensor]:
+    """Token rows [n, pos] and each row's number of real tokens [n]."""
+    if isinstance(data, PromptPairs):
+        tokens = torch.cat([data.clean, data.corrupted])
+        lengths = torch.cat([data.answer_pos, data.answer_pos]) + 1
+        return tokens, lengths
+    if not isinstance(data, Tensor) or data.ndim != 2:
+        raise DataError("tokens must be an int tensor [batch, pos] or PromptPairs: reshape a token stream first")
+    return data, torch.full((data.shape[0],), data.shape[1])
+
+
+def _data_hash(tokens: Tensor, lengths: Tensor) -> str:
+    digest = hashlib.sha256(tokens.to(torch.int64).numpy().tobytes())
+    digest.update(lengths.to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def write_cache(
+    model: HookedTransformer,
+    data: Int[Tensor, "batch pos"] | PromptPairs,
+    out_dir: str | os.PathLike,
+    hooks: Sequence[str],
+    batch_size: int = 32,
+    shard_tokens: int = 65536,
+    dtype: str = "float32",
+    skip_first: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Store ``hooks``' activations for every real token of ``data`` under ``out_dir``.
+
+    Args:
+        data: token rows [batch, pos], or ``PromptPairs`` (clean then corrupted prompts,
+            padding after ``answer_pos`` dropped).
+        batch_size: sequences per forward pass.
+        shard_tokens: flush to a new shard once this many tokens are buffered (bounds memory
+            at about ``shard_tokens * d_model * len(hooks)`` values).
+        skip_first: drop position 0 (a BOS token's outsized residual norm can dominate an SAE).
+
+    Returns the cache directory. Rerunning with the same arguments resumes after the last
+    complete shard; different model, data or settings in a non-empty cache raise ``ArtifactError``.
+    """
+    if dtype not in _DTYPES:
+        raise DataError(f"dtype {dtype!r} not supported; {did_you_mean(dtype, _DTYPES)}")
+    if not hooks:
+        raise HookNameError("no hooks given: name at least one, e.g. blocks.0.hook_resid_post")
+    hooks = [check_hook_name(model, h) for h in hooks]
+    rank, world = _rank()
+    tokens, lengths = _as_sequences(data)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from mechkit.models import fingerprint
+
+    settings = {
+        "schema": SCHEMA,
+        "hooks": list(hooks),
+        "model_fingerprint": fingerprint(model),
+        "data_hash": _data_hash(tokens, lengths),
+        "n_sequences": int(tokens.shape[0]),
+        "batch_size": batch_size,
+        "shard_tokens": shard_tokens,
+        "dtype": dtype,
+        "skip_first": skip_first,
+        "world_size": world,
+        "rank": rank,
+    }
+    manifest_path = out / f"manifest-rank{rank:03d}.json"
+    manifest = {**settings, "shards": [], "next_batch": 0, "complete": False}
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        changed = [k for k in settings if old.get(k) != settings[k]]
+        if changed:
+            raise ArtifactError(
+                f"cache {out} was written with different {', '.join(changed)}: use a new directory or delete it"
+            )
+        manifest = old
+    if manifest["complete"]:
+        return out
+    for h in hooks:
+        (out / h).mkdir(exist_ok=True)
+
+    n_batches = (tokens.shape[0] + batch_size - 1) // batch_size
+    mine = [b for b in range(n_batches) if b % world == rank]
+    todo = [b for b in mine if b >= manifest["next_batch"]]
+    layers = [int(m.group(1)) for h in hooks if (m := _LAYER.match(h))]
+    stop = max(layers) + 1 if len(layers) == len(hooks) and max(layers) + 1 < model.cfg.n_layers else None
+    device = model.cfg.device
+    buffers: dict[str, list[Tensor]] = {h: [] for h in hooks}
+    n_buffered = 0
+
+    def capture(act: Tensor, hook) -> None:
+        captured[hook.name] = act.detach()
+
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"caching rank {rank}", disable=not progress)
+    for i, b in enumerate(todo):
+        rows = slice(b * batch_size, (b + 1) * batch_size)
+        batch, lens = tokens[rows].to(device), lengths[rows]
+        keep = torch.arange(batch.shape[1])[None, :] < lens[:, None]  # [batch, pos]
+        if skip_first:
+            keep[:, 0] = False
+        captured: dict[str, Tensor] = {}
+        with torch.no_grad(), model.hooks(fwd_hooks=[(h, capture) for h in hooks]):
+            model(batch[:, : int(lens.max())], stop_at_layer=stop)
+        for h in hooks:
+            buffers[h].append(captured[h][keep[:, : int(lens.max())].to(device)].to("cpu", _DTYPES[dtype]))
+        n_buffered += int(keep.sum())
+        last = i == len(todo) - 1
+        if n_buffered >= shard_tokens or (last and n_buffered):
+            index = len(manifest["shards"])
+            name = f"rank{rank:03d}-shard{index:05d}.safetensors"
+            for h in hooks:
+                save_file({"acts": torch.cat(buffers[h]).contiguous()}, str(out / h / name))
+                buffers[h] = []
+            manifest["shards"].append({"file": name, "n_tokens": n_buffered})
+            manifest["next_batch"] = b + 1
+            _write_json_atomic(manifest_path, manifest)
+            n_buffered = 0
+        bar.update(1)
+    bar.close()
+    manifest["complete"] = True
+    manifest["next_batch"] = n_batches
+    _write_json_atomic(manifest_path, manifest)
+    return out
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    n_tokens: int
+
+
+class ActivationCache:
+    """Read a cache written by ``write_cache`` (all ranks' complete shards).
+
+    ``batches`` yields [batch_size, d] float32 tensors forever (epoch after epoch), shuffled
+    with ``seed``: shard order per epoch, then tokens within a buffer of ``buffer_tokens``.
+    The same seed gives the same stream; ``start`` skips that many batches (for resuming).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        manifests = sorted(self.path.glob("manifest-rank*.json"))
+        if not manifests:
+            raise ArtifactError(f"no activation cache at {self.path}: write one with write_cache or `mechkit sae cache`")
+        self.manifests = [json.loads(m.read_text()) for m in manifests]
+        for m in self.manifests:
+            if m.get("schema") != SCHEMA:
+                raise ArtifactError(f"cache {self.path} has schema {m.get('schema')!r}, expected {SCHEMA!r}")
+        self.hooks: list[str] = self.manifests[0]["hooks"]
+        self.model_fingerprint: str = self.manifests[0]["model_fingerprint"]
+
+    def shards(self, hook: str) -> list[Shard]:
+        if hook not in self.hooks:
+            raise HookNameError(f"hook {hook!r} is not in cache {self.path}; {did_you_mean(hook, self.hooks)}")
+        return [Shard(self.path / hook / s["file"], s["n_tokens"]) for m in self.manifests for s in m["shards"]]
+
+    def n_tokens(self, hook: str) -> int:
+        return sum(s.n_tokens for s in self.shards(hook))
+
+    def d(self, hook: str) -> int:
+        shard = self.shards(hook)[0]
+        with safe_open(str(shard.path), "pt") as f:
+            return f.get_slice("acts").get_shape()[1]
+
+    def load(self, hook: str, max_tokens: int | None = None) -> Float[Tensor, "tokens d"]:
+        """All (or the first ``max_tokens``) stored activations of ``hook``, in storage order."""
+        parts, n = [], 0
+        for shard in self.shards(hook):
+            if max_tokens is not None and n >= max_tokens:
+                break
+            parts.append(_read(shard))
+            n += shard.n_tokens
+        acts = torch.cat(parts).float()
+        return acts if max_tokens is None else acts[:max_tokens]
+
+    def batches(
+        self, hook: str, batch_size: int, seed: int = 0, buffer_tokens: int = 262144, start: int = 0
+    ) -> Iterator[Float[Tensor, "batch d"]]:
+        shards = self.shards(hook)
+        if not shards:
+            raise ArtifactError(f"cache {self.path} holds no shards for {hook!r}: rerun write_cache to finish it")
+        total = sum(s.n_tokens for s in shards)
+        if total < batch_size:
+            raise DataError(f"cache holds {total} tokens of {hook!r}, fewer than one batch of {batch_size}")
+        skip, epoch = start, 0
+        while True:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            order = torch.randperm(len(shards), generator=gen).tolist()
+            carry: Tensor | None = None
+            i = 0
+            while i < len(order):
+                parts, n = ([carry] if carry is not None else []), (0 if carry is None else len(carry))
+                while i < len(order) and n < buffer_tokens:
+                    shard = shards[order[i]]
+                    parts.append(_read(shard))
+                    n += shard.n_tokens
+                    i += 1
+                buf = torch.cat(parts)
+                buf = buf[torch.randperm(len(buf), generator=gen)]
+                n_full = len(buf) // batch_size
+                for j in range(n_full):
+                    if skip:
+                        skip -= 1
+                        continue
+                    yield buf[j * batch_size : (j + 1) * batch_size].float()
+                carry = buf[n_full * batch_size :]
+            epoch += 1
+
+
+def _read(shard: Shard) -> Tensor:
+    with safe_open(str(shard.path), "pt") as f:
+        return f.get_tensor("acts")
