@@ -16,3 +16,4 @@ from mechkit.sae.train import (
     train_sae as train_sae,
 )
 from mechkit.sae.io import load_sae as load_sae, sae_hook as sae_hook
+from mechkit.sae.evaluate import SAEEval as SAEEval, eval_table as eval_table, evaluate_sae as evaluate_sae
