@@ -1,0 +1,158 @@
+"""The two entry points: ``attribute`` (scores) and ``discover`` (a finished ``Circuit``).
+
+>>> import mechkit
+>>> circuit = mechkit.discover(model, pairs, method="eap-ig", edges="5%")   # doctest: +SKIP
+>>> circuit.faithfulness[0].value                                           # doctest: +SKIP
+0.96
+"""
+
+import dataclasses
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer
+
+from mechkit._types import Circuit, PromptPairs
+from mechkit.discovery.acdc import acdc
+from mechkit.discovery.evaluate import evaluate
+from mechkit.discovery.forward import Metric, ablated_outputs
+from mechkit.discovery.graph import Graph
+from mechkit.discovery.methods import METHODS, MethodError, get_method
+from mechkit.discovery.oracle import oracle
+from mechkit.discovery.scores import EdgeScores
+from mechkit.discovery.select import prune_dangling
+from mechkit.errors import did_you_mean
+from mechkit.metrics import logit_diff
+from mechkit.models import fingerprint
+
+# Methods that select edges themselves rather than scoring them for a budget.
+SELECTING = {"acdc": {"tau": 0.01, "objective": "kl"}, "oracle": {"target": 0.9}}
+
+
+def _metric_name(metric: Metric | None) -> str:
+    return "logit_diff" if metric is None else getattr(metric, "__name__", type(metric).__name__)
+
+
+def _check_options(key: str, defaults: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - set(defaults)
+    if unknown:
+        name = sorted(unknown)[0]
+        valid = ", ".join(defaults) or "none"
+        raise MethodError(f"{key} takes no hyperparameter {name!r} (its hyperparameters: {valid})")
+    return {**defaults, **options}
+
+
+def attribute(
+    model: HookedTransformer,
+    pairs: PromptPairs,
+    method: str = "eap-ig",
+    *,
+    metric: Metric | None = None,
+    ablation: str = "resample",
+    model_spec: str = "",
+    progress: bool = False,
+    max_batch: int = 512,
+    **hyperparameters: Any,
+) -> EdgeScores:
+    """Score every edge (and node) of ``model``'s graph on ``pairs`` with a registered method.
+
+    >>> scores = attribute(model, pairs, "eap-ig", ig_steps=5)   # doctest: +SKIP
+    >>> scores.top_edges(40).in_circuit.sum()                    # doctest: +SKIP
+    tensor(40)
+
+    Methods: ``eap``, ``eap-ig`` (``ig_steps``, default 5), ``exact``. ``metric(logits, pairs)``
+    returns one value per prompt (default: logit difference).
+    """
+    entry = get_method(method)
+    options = _check_options(method, entry.defaults, hyperparameters)
+    graph = Graph.from_model(model)
+    ablated = ablated_outputs(model, graph, pairs, ablation)
+    edge, node = entry.func(
+        model, graph, pairs, metric or logit_diff, ablated, progress=progress, max_batch=max_batch, **options
+    )
+    return EdgeScores(
+        graph=graph,
+        scores=edge.detach().float().cpu(),
+        node_scores=node.detach().float().cpu(),
+        method=method,
+        hyperparameters={**options, "ablation": ablation, "metric": _metric_name(metric), "n_prompts": len(pairs)},
+        model_spec=model_spec,
+        model_fingerprint=fingerprint(model),
+        task=dict(pairs.task),
+    )
+
+
+def discover(
+    model: HookedTransformer,
+    pairs: PromptPairs,
+    method: str = "eap-ig",
+    edges: int | float | str | None = "5%",
+    *,
+    rule: str = "top-n",
+    threshold: float | None = None,
+    absolute: bool = True,
+    metric: Metric | None = None,
+    ablation: str = "resample",
+    model_spec: str = "",
+    eval_pairs: PromptPairs | None = None,
+    n_boot: int = 1000,
+    progress: bool = False,
+    max_batch: int = 512,
+    **hyperparameters: Any,
+) -> Circuit:
+    """Find a circuit and measure it: scores, selection, dangling-edge pruning, then faithfulness
+    under resample ablation (with a bootstrap interval) on ``eval_pairs`` (default ``pairs``).
+
+    Scoring methods (``eap``, ``eap-ig``, ``exact``) select by ``rule`` ("top-n", "greedy" with the
+    ``edges`` budget — an int or ``"5%"`` — or "threshold" with ``threshold``). ``acdc``
+    (``tau``, ``objective``) and ``oracle`` (``target``) select edges themselves.
+    """
+    if method in SELECTING:
+        options = _check_options(method, SELECTING[method], hyperparameters)
+        circuit = _selecting(model, pairs, method, options, metric, ablation, model_spec, progress, max_batch)
+    elif method in METHODS:
+        scores = attribute(
+            model, pairs, method, metric=metric, ablation=ablation, model_spec=model_spec,
+            progress=progress, max_batch=max_batch, **hyperparameters,
+        )
+        circuit = scores.select(edges, rule=rule, threshold=threshold, absolute=absolute)
+    else:
+        raise MethodError(f"unknown method {method!r}; {did_you_mean(method, [*METHODS, *SELECTING])}")
+    measured = evaluate(model, eval_pairs or pairs, circuit, "resample", metric, n_boot, max_batch=max_batch)
+    return dataclasses.replace(circuit, faithfulness=(measured,))
+
+
+def _selecting(
+    model: HookedTransformer,
+    pairs: PromptPairs,
+    method: str,
+    options: dict[str, Any],
+    metric: Metric | None,
+    ablation: str,
+    model_spec: str,
+    progress: bool,
+    max_batch: int,
+) -> Circuit:
+    graph = Graph.from_model(model)
+    if method == "acdc":
+        ablated = ablated_outputs(model, graph, pairs, ablation)
+        edge, mask = acdc(model, graph, pairs, ablated, options["tau"], options["objective"], metric, progress)
+        node = (graph.to_matrix(edge) * graph.real).sum(-1)[1:]
+        selection = {"rule": "acdc", "tau": options["tau"], "prune_dangling": True}
+    else:
+        found = oracle(model, pairs, options["target"], ablation, metric, progress=progress)
+        keep = torch.tensor([n in found.nodes for n in graph.node_names])
+        mask = graph.node_mask_to_edges(keep)
+        edge, node = mask.float(), keep.float()
+        selection = {"rule": "oracle", "target": options["target"], "reached": found.reached, "prune_dangling": True}
+    scores = EdgeScores(
+        graph=graph,
+        scores=edge.float().cpu(),
+        node_scores=node.float().cpu(),
+        method=method,
+        hyperparameters={**options, "ablation": ablation, "metric": _metric_name(metric), "n_prompts": len(pairs)},
+        model_spec=model_spec,
+        model_fingerprint=fingerprint(model),
+        task=dict(pairs.task),
+    )
+    return scores.circuit(prune_dangling(graph, mask), selection)

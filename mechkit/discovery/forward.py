@@ -1,0 +1,251 @@
+"""Forward passes over the edge graph: sender outputs, receiver gradients, and runs in which
+only chosen edges (or nodes) carry the run's own activations while the rest are ablated.
+
+How an edge is ablated (after EAP-IG's ``evaluate_graph``): each sender hook records
+``delta_s = ablated_s - out_s`` (what the sender would write under ablation minus what it writes
+in this run), and each receiver hook adds ``sum_s (1 - keep[s, r]) * delta_s`` to its input.
+A receiver therefore reads the run's own output from kept edges and the ablated output from the
+others. Many circuits run in one forward: their masks stack along a leading axis ``c`` and the
+prompts repeat, so the model sees batch ``c * batch``.
+
+Shapes: ``c`` circuits, ``n_fwd`` senders, ``n_bwd`` receivers (see :mod:`.graph`).
+"""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from mechkit._types import PromptPairs
+from mechkit.discovery.graph import QKV, Graph
+from mechkit.errors import MechkitError
+
+Metric = Callable[[Tensor, PromptPairs], Tensor]
+ABLATIONS = ("resample", "mean", "zero")
+
+
+class AblationError(MechkitError, ValueError):
+    """An unknown ablation name."""
+
+
+@contextmanager
+def graph_hooks_enabled(model: HookedTransformer) -> Iterator[HookedTransformer]:
+    """Turn on per-head results, split q/k/v inputs, MLP inputs and ungrouped k/v heads;
+    restore every flag on exit."""
+    cfg = model.cfg
+    names = ["use_attn_result", "use_split_qkv_input", "ungroup_grouped_query_attention"]
+    if not cfg.attn_only:
+        names.append("use_hook_mlp_in")
+    old = {n: getattr(cfg, n) for n in names}
+    try:
+        for n in names:
+            setattr(cfg, n, True)
+        yield model
+    finally:
+        for n, v in old.items():
+            setattr(cfg, n, v)
+
+
+def sender_hooks(graph: Graph) -> list[tuple[str, slice]]:
+    """(hook name, forward-index slice) of every sender group, in forward order."""
+    out = [("blocks.0.hook_resid_pre", slice(0, 1))]
+    for layer in range(graph.n_layers):
+        start = graph.head_fwd(layer)
+        out.append((f"blocks.{layer}.attn.hook_result", slice(start, start + graph.n_heads)))
+        if graph.has_mlp:
+            out.append((f"blocks.{layer}.hook_mlp_out", slice(graph.mlp_fwd(layer), graph.mlp_fwd(layer) + 1)))
+    return out
+
+
+def receiver_hooks(graph: Graph) -> list[tuple[str, slice, int]]:
+    """(hook name, backward-index slice, sender prefix length) of every receiver group."""
+    out = []
+    for layer in range(graph.n_layers):
+        for x in QKV:
+            start = graph.qkv_bwd(layer, x)
+            out.append((f"blocks.{layer}.hook_{x}_input", slice(start, start + graph.n_heads), graph.prefix(layer, "head")))
+        if graph.has_mlp:
+            b = graph.mlp_bwd(layer)
+            out.append((f"blocks.{layer}.hook_mlp_in", slice(b, b + 1), graph.prefix(layer, "mlp")))
+    b = graph.logits_bwd
+    out.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", slice(b, b + 1), graph.n_forward))
+    return out
+
+
+def _grouped(act: Tensor) -> Tensor:
+    """[b, p, d] -> [b, p, 1, d]; head-indexed [b, p, h, d] unchanged."""
+    return act if act.ndim == 4 else act.unsqueeze(2)
+
+
+def _ungrouped(new: Tensor, like: Tensor) -> Tensor:
+    return new if like.ndim == 4 else new.squeeze(2)
+
+
+@torch.no_grad()
+def sender_outputs(
+    model: HookedTransformer, graph: Graph, tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos n_fwd d_model"]:
+    """Every sender's output on ``tokens`` (an unmodified run)."""
+    parts: list[Tensor] = []
+
+    def save(act: Tensor, hook) -> None:
+        parts.append(_grouped(act).detach())
+
+    with graph_hooks_enabled(model):
+        model.run_with_hooks(tokens, fwd_hooks=[(name, save) for name, _ in sender_hooks(graph)])
+    return torch.cat(parts, dim=2)
+
+
+def ablated_outputs(
+    model: HookedTransformer, graph: Graph, pairs: PromptPairs, ablation: str = "resample"
+) -> Float[Tensor, "batch_or_1 pos n_fwd d_model"]:
+    """What each sender writes when ablated: its output on the corrupted prompt ("resample"),
+    its mean output over the clean prompts at each position ("mean"), or zero ("zero")."""
+    device = model.cfg.device
+    if ablation == "resample":
+        return sender_outputs(model, graph, pairs.corrupted.to(device))
+    if ablation == "mean":
+        return sender_outputs(model, graph, pairs.clean.to(device)).mean(0, keepdim=True)
+    if ablation == "zero":
+        shape = (1, pairs.clean.shape[1], graph.n_forward, model.cfg.d_model)
+        return torch.zeros(shape, device=device, dtype=model.cfg.dtype)
+    raise AblationError(f"unknown ablation {ablation!r}: use one of {', '.join(ABLATIONS)}")
+
+
+def repeat_pairs(pairs: PromptPairs, times: int) -> PromptPairs:
+    """The pairs repeated ``times`` times along the batch, block by block."""
+    return pairs[torch.arange(len(pairs)).repeat(times)]
+
+
+def _edge_hooks(graph: Graph, ablated: Tensor, keep: Float[Tensor, "c n_fwd n_bwd"]) -> list:
+    n_circuits = keep.shape[0]
+    drop = 1.0 - keep
+    deltas: list[Tensor] = []  # per sender group, [c, b, p, k, d], in forward order
+    cat_cache: dict[int, Tensor] = {}
+
+    def on_sender(sl: slice):
+        def hook(act: Tensor, hook) -> None:
+            a = einops.rearrange(_grouped(act), "(c b) p k d -> c b p k d", c=n_circuits)
+            deltas.append(ablated[:, :, sl].unsqueeze(0) - a)
+            cat_cache.clear()
+
+        return hook
+
+    def on_receiver(sl: slice, prefix: int):
+        def hook(act: Tensor, hook) -> Tensor:
+            if len(deltas) not in cat_cache:
+                cat_cache[len(deltas)] = torch.cat(deltas, dim=3)
+            # senders seen so far, [c, b, p, seen, d]; parallel blocks have run this layer's heads
+            # before its MLP reads, so keep the receiver's prefix only
+            delta = cat_cache[len(deltas)][:, :, :, :prefix]
+            if delta.shape[3] != prefix:  # a block order the graph does not describe
+                raise AblationError(f"receiver {hook.name} saw {delta.shape[3]} senders, expected {prefix}")
+            add = einops.einsum(delta, drop[:, :prefix, sl], "c b p f d, c f r -> c b p r d")
+            add = einops.rearrange(add, "c b p r d -> (c b) p r d")
+            return act + _ungrouped(add, act)
+
+        return hook
+
+    hooks = [(name, on_sender(sl)) for name, sl in sender_hooks(graph)]
+    hooks += [(name, on_receiver(sl, prefix)) for name, sl, prefix in receiver_hooks(graph)]
+    return hooks
+
+
+def _node_hooks(graph: Graph, ablated: Tensor, keep: Float[Tensor, "c n_fwd"]) -> list:
+    n_circuits = keep.shape[0]
+
+    def on_sender(sl: slice):
+        def hook(act: Tensor, hook) -> Tensor:
+            a = einops.rearrange(_grouped(act), "(c b) p k d -> c b p k d", c=n_circuits)
+            drop = (1.0 - keep[:, sl])[:, None, None, :, None]
+            new = a + drop * (ablated[:, :, sl].unsqueeze(0) - a)
+            return _ungrouped(einops.rearrange(new, "c b p k d -> (c b) p k d"), act)
+
+        return hook
+
+    return [(name, on_sender(sl)) for name, sl in sender_hooks(graph)]
+
+
+def run_masked(
+    model: HookedTransformer,
+    graph: Graph,
+    pairs: PromptPairs,
+    ablated: Tensor,
+    keep: Float[Tensor, "c n_fwd n_bwd"] | Float[Tensor, "c n_fwd"],
+    metric: Metric,
+) -> Float[Tensor, "c batch ..."]:
+    """The metric per circuit and prompt, running all circuits in one forward.
+
+    ``keep`` is a stack of dense edge masks [c, n_fwd, n_bwd] (1 = the edge carries this run's
+    activation) or of node masks [c, n_fwd] (1 = the node's output is not ablated). Differentiable
+    in ``keep``.
+    """
+    n_circuits, batch = keep.shape[0], len(pairs)
+    device = model.cfg.device
+    keep = keep.to(device=device, dtype=ablated.dtype)
+    hooks = _edge_hooks(graph, ablated, keep) if keep.ndim == 3 else _node_hooks(graph, ablated, keep)
+    tokens = pairs.clean.to(device).repeat(n_circuits, 1)
+    with graph_hooks_enabled(model):
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    values = metric(logits, repeat_pairs(pairs, n_circuits))
+    return einops.rearrange(values, "(c b) ... -> c b ...", c=n_circuits)
+
+
+def run_masked_chunked(
+    model: HookedTransformer,
+    graph: Graph,
+    pairs: PromptPairs,
+    ablated: Tensor,
+    keep: Tensor,
+    metric: Metric,
+    max_batch: int = 512,
+) -> Float[Tensor, "c batch"]:
+    """:func:`run_masked` without gradients, in chunks of at most ``max_batch`` rows."""
+    per = max(1, max_batch // max(1, len(pairs)))
+    out = []
+    with torch.no_grad():
+        for start in range(0, keep.shape[0], per):
+            out.append(run_masked(model, graph, pairs, ablated, keep[start : start + per], metric).float())
+    return torch.cat(out)
+
+
+def receiver_grads(
+    model: HookedTransformer,
+    graph: Graph,
+    pairs: PromptPairs,
+    metric: Metric,
+    embed: Float[Tensor, "batch pos d_model"] | None = None,
+) -> Float[Tensor, "batch pos n_bwd d_model"]:
+    """Gradient of ``metric(...).sum()`` with respect to every receiver's input, on the clean
+    prompts; ``embed`` replaces the embedding output (``blocks.0.hook_resid_pre``) when given.
+    Model parameters' ``.grad`` are left untouched."""
+    device = model.cfg.device
+    saved: list[tuple[slice, Tensor]] = []
+
+    def on_embed(act: Tensor, hook) -> Tensor:
+        start = act.detach() if embed is None else embed.detach().to(act.dtype)
+        return start.requires_grad_(True)
+
+    def on_receiver(sl: slice):
+        def hook(act: Tensor, hook) -> Tensor:
+            saved.append((sl, act))
+            return act
+
+        return hook
+
+    hooks = [("blocks.0.hook_resid_pre", on_embed)]
+    hooks += [(name, on_receiver(sl)) for name, sl, _ in receiver_hooks(graph)]
+    with torch.enable_grad(), graph_hooks_enabled(model):
+        logits = model.run_with_hooks(pairs.clean.to(device), fwd_hooks=hooks)
+        value = metric(logits, pairs).sum()
+        grads = torch.autograd.grad(value, [t for _, t in saved], allow_unused=True)
+    batch, pos = pairs.clean.shape
+    out = torch.zeros(batch, pos, graph.n_backward, model.cfg.d_model, device=device, dtype=logits.dtype)
+    for (sl, act), grad in zip(saved, grads):
+        if grad is not None:
+            out[:, :, sl] = _grouped(grad)
+    return out
