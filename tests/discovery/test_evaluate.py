@@ -1,0 +1,112 @@
+"""Faithfulness, bootstrap intervals, batched curves and MIB's CPR/CMD."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from mechkit.discovery import attribute, cpr_cmd, evaluate, faithfulness_curve, robustness
+from mechkit.discovery.evaluate import MIB_FRACTIONS, EvaluationError, curve_masks, run_edge_masks
+from mechkit.discovery.graph import Graph, GraphError
+from tests.conftest import tiny_hooked
+
+
+def test_cpr_cmd_on_known_curves():
+    x = list(MIB_FRACTIONS)
+    assert cpr_cmd(x, [1.0] * len(x)) == pytest.approx((0.999, 0.0))
+    assert cpr_cmd(x, [0.0] * len(x)) == pytest.approx((0.0, 0.999))
+    # f = x: trapezoids are exact for a linear curve, area = (1 - 0.001^2) / 2
+    assert cpr_cmd(x, x) == pytest.approx(((1 - 0.001**2) / 2, 0.999 - (1 - 0.001**2) / 2))
+    # overshooting counts against CMD: |1 - f|
+    assert cpr_cmd([0, 1], [1.5, 1.5]) == pytest.approx((1.5, 0.5))
+    assert cpr_cmd([0, 0.5, 1], [0, 1, 1]) == pytest.approx((0.75, 0.25))
+    with pytest.raises(EvaluationError):
+        cpr_cmd([0, 0], [1, 1])
+
+
+def test_full_and_empty_circuits(model, pairs):
+    scores = attribute(model, pairs, "eap")
+    full = scores.circuit(torch.ones(scores.graph.n_edges, dtype=torch.bool), {"rule": "all"})
+    empty = scores.circuit(torch.zeros(scores.graph.n_edges, dtype=torch.bool), {"rule": "none"})
+    for ablation in ("resample", "mean", "zero"):
+        assert evaluate(model, pairs, full, ablation).value == pytest.approx(1.0, abs=1e-4)
+        assert evaluate(model, pairs, empty, ablation).value == pytest.approx(0.0, abs=1e-4)
+
+
+def test_evaluate_depends_only_on_edge_names_and_mask(model, pairs):
+    scores = attribute(model, pairs, "eap-ig")
+    circuit = scores.top_edges(15)
+    got = evaluate(model, pairs, circuit)
+    order = torch.randperm(len(circuit.edge_names), generator=torch.Generator().manual_seed(0))
+    shuffled = dataclasses.replace(
+        circuit,
+        edge_names=tuple(circuit.edge_names[i] for i in order.tolist()),
+        edge_scores=torch.zeros(len(order)),
+        in_circuit=circuit.in_circuit[order],
+        hyperparameters={},
+        node_scores={},
+    )
+    again = evaluate(model, pairs, shuffled)
+    assert again.value == pytest.approx(got.value, abs=1e-6)
+    assert got.ci_low <= got.value <= got.ci_high and got.n_prompts == len(pairs)
+    assert got.ablation == "resample"
+    with pytest.raises(GraphError, match="different model"):
+        evaluate(tiny_hooked(attn_only=True), pairs, circuit)
+
+
+def test_single_edge_ablation_agrees_with_exact_scores(model, pairs):
+    """Two routes to one number: exact edge scores vs evaluate() of the graph minus that edge."""
+    scores = attribute(model, pairs, "exact")
+    graph = scores.graph
+    i = int(scores.scores.abs().argmax())
+    mask = torch.ones(graph.n_edges, dtype=torch.bool)
+    mask[i] = False
+    run = run_edge_masks(model, graph, pairs, mask[None])
+    assert float(run.circuits[0].mean() - run.clean.mean()) == pytest.approx(float(scores.scores[i]), abs=1e-5)
+
+
+def test_curve_batched_equals_one_by_one(model, pairs):
+    scores = attribute(model, pairs, "eap-ig")
+    fractions = (0.05, 0.2, 0.5, 1.0)
+    curve = faithfulness_curve(model, pairs, scores, fractions, max_batch=1000)
+    masks = curve_masks(scores, fractions)
+    for f, m, value, n in zip(fractions, masks, curve.faithfulness, curve.n_edges):
+        one = evaluate(model, pairs, scores.circuit(m, {"rule": "top-n"}), n_boot=0).value
+        assert value == pytest.approx(one, abs=1e-5)
+        assert n == int(m.sum()) <= int(f * scores.graph.n_edges)
+    assert curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-4)
+    assert (curve.cpr, curve.cmd) == pytest.approx(cpr_cmd(fractions, curve.faithfulness))
+    greedy = faithfulness_curve(model, pairs, scores, fractions, rule="greedy")
+    assert greedy.rule == "greedy" and greedy.faithfulness[-1] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_robustness_reports_each_ablation(model, pairs):
+    circuit = attribute(model, pairs, "eap").top_edges(20)
+    out = robustness(model, pairs, circuit, n_boot=200)
+    assert [f.ablation for f in out] == ["resample", "mean", "zero"]
+    assert len({round(f.value, 6) for f in out}) == 3
+    for f in out:
+        assert f.ci_low <= f.ci_high
+
+
+def test_undefined_faithfulness_raises(model, pairs):
+    same = dataclasses.replace(pairs, corrupted=pairs.clean)
+    circuit = attribute(model, pairs, "eap").top_edges(5)
+    with pytest.raises(EvaluationError, match="undefined"):
+        evaluate(model, same, circuit)
+
+
+def test_bootstrap_interval_narrows_with_more_prompts():
+    from tests.discovery.conftest import random_pairs
+
+    model = tiny_hooked()
+    small, big = random_pairs(8, seed=3), random_pairs(64, seed=3)
+    graph = Graph.from_model(model)
+    mask = torch.zeros(graph.n_edges, dtype=torch.bool)
+    mask[: graph.n_edges // 2] = True
+    width = []
+    for p in (small, big):
+        run = run_edge_masks(model, graph, p, mask[None])
+        low, high = run.bootstrap(0, 500)
+        width.append(high - low)
+    assert width[1] < width[0]
