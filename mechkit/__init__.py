@@ -17,3 +17,4 @@ from mechkit.models import (
 )
 
 __version__ = "0.1.0"
+from mechkit.discovery import discover as discover  # noqa: E402
