@@ -1,0 +1,154 @@
+"""Re-check a circuit artifact against its model: same weights, same prompts, same faithfulness.
+
+>>> result = verify_circuit("circuits/induction.circuit.json")   # doctest: +SKIP
+>>> result.passed, result.checks[0].measured                     # doctest: +SKIP
+(True, 0.9731)
+
+Steps: load the artifact; load the model from its spec (:func:`mechkit.load_model`) and compare
+its fingerprint with the recorded one (a mismatch fails unless ``allow_fingerprint_mismatch``);
+regenerate the prompts from the task spec (:func:`mechkit.organisms.regenerate`); re-evaluate
+each recorded faithfulness with its ablation (:func:`mechkit.discovery.evaluate`) and pass when
+every value is within ``tolerance`` (absolute) of the recorded one.
+
+``load_model``, ``regenerate`` and ``evaluate`` can be injected (same signatures) to verify
+against other data sources or evaluators.
+"""
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mechkit._types import Circuit, Faithfulness, PromptPairs
+from mechkit.artifacts.io import load_circuit
+from mechkit.errors import MechkitError
+
+DEFAULT_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class Check:
+    """One recorded faithfulness and its re-measured value."""
+
+    ablation: str
+    recorded: float
+    measured: float
+    tolerance: float
+
+    @property
+    def diff(self) -> float:
+        return self.measured - self.recorded
+
+    @property
+    def ok(self) -> bool:
+        return abs(self.diff) <= self.tolerance
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of :func:`verify_circuit`; ``reason`` is one line saying why it failed."""
+
+    path: str
+    passed: bool
+    tolerance: float
+    fingerprint_recorded: str
+    fingerprint_actual: str
+    checks: tuple[Check, ...] = ()
+    reason: str = ""
+
+    @property
+    def fingerprint_ok(self) -> bool:
+        return bool(self.fingerprint_recorded) and self.fingerprint_recorded == self.fingerprint_actual
+
+    def lines(self) -> list[str]:
+        """A human-readable report (the CLI prints it)."""
+        out = [f"{'PASS' if self.passed else 'FAIL'} {self.path}"]
+        fp = "matches" if self.fingerprint_ok else f"MISMATCH (recorded {self.fingerprint_recorded or 'none'})"
+        if self.fingerprint_actual:
+            out.append(f"  fingerprint {self.fingerprint_actual}: {fp}")
+        for c in self.checks:
+            out.append(
+                f"  faithfulness ({c.ablation}): recorded {c.recorded:.4f}, measured {c.measured:.4f}, "
+                f"diff {c.diff:+.4f}, tolerance ±{c.tolerance:g}: {'ok' if c.ok else 'MISMATCH'}"
+            )
+        if self.reason:
+            out.append(f"  {self.reason}")
+        return out
+
+
+def _defaults() -> tuple[Callable, Callable, Callable, Callable]:
+    from mechkit.discovery.evaluate import evaluate
+    from mechkit.models import fingerprint, load_model
+    from mechkit.organisms import regenerate
+
+    return load_model, regenerate, evaluate, fingerprint
+
+
+def verify_circuit(
+    path: str | os.PathLike,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    allow_fingerprint_mismatch: bool = False,
+    device: str | None = None,
+    load_model: Callable[..., Any] | None = None,
+    regenerate: Callable[[dict[str, Any]], PromptPairs] | None = None,
+    evaluate: Callable[..., Faithfulness] | None = None,
+    fingerprint: Callable[[Any], str] | None = None,
+) -> VerifyResult:
+    """Re-evaluate the artifact at ``path`` (see the module docstring). Never raises for a
+    mismatch: the result says what failed. A corrupted artifact raises ArtifactError."""
+    circuit = load_circuit(path)
+    if not circuit.faithfulness:
+        return VerifyResult(str(path), False, tolerance, circuit.model_fingerprint, "",
+                            reason="nothing to verify: the artifact records no faithfulness")
+    own_regenerate = regenerate is not None
+    need = [f for f, given in (("load_model", load_model), ("regenerate", regenerate), ("evaluate", evaluate),
+                               ("fingerprint", fingerprint)) if given is None]
+    if need:
+        d_load, d_regen, d_eval, d_fp = _defaults()
+        load_model, regenerate = load_model or d_load, regenerate or d_regen
+        evaluate, fingerprint = evaluate or d_eval, fingerprint or d_fp
+    return _verify(Path(path), circuit, tolerance, allow_fingerprint_mismatch, device,
+                   load_model, regenerate, evaluate, fingerprint, own_regenerate)
+
+
+def _verify(path: Path, circuit: Circuit, tolerance: float, allow_mismatch: bool, device: str | None,
+            load_model: Callable, regenerate: Callable, evaluate: Callable, fingerprint: Callable,
+            own_regenerate: bool) -> VerifyResult:
+    def fail(reason: str, actual: str = "", checks: tuple[Check, ...] = ()) -> VerifyResult:
+        return VerifyResult(str(path), False, tolerance, circuit.model_fingerprint, actual, checks, reason)
+
+    try:
+        model = load_model(circuit.model_spec, device=device)
+    except MechkitError as err:
+        return fail(f"cannot load model {circuit.model_spec!r}: {err}")
+    actual = fingerprint(model)
+    if actual != circuit.model_fingerprint and not allow_mismatch:
+        return fail("model weights differ from the ones the circuit was found in "
+                    "(pass --allow-fingerprint-mismatch to evaluate anyway)", actual)
+    if "data" in circuit.task and not own_regenerate:
+        return fail(f"task reads prompts from {circuit.task['data']!r}: verify regenerates organism tasks only", actual)
+    try:
+        pairs = regenerate(dict(circuit.task))
+    except MechkitError as err:
+        return fail(f"cannot regenerate the task prompts: {err}", actual)
+    device_ = getattr(getattr(model, "cfg", None), "device", None)
+    if device_ is not None:
+        pairs = pairs.to(device_)
+    checks = []
+    for recorded in circuit.faithfulness:
+        try:
+            measured = evaluate(model, pairs, circuit, ablation=recorded.ablation)
+        except MechkitError as err:
+            return fail(f"cannot evaluate the circuit ({recorded.ablation} ablation): {err}", actual, tuple(checks))
+        checks.append(Check(recorded.ablation, recorded.value, float(measured.value), tolerance))
+        if recorded.n_prompts is not None and recorded.n_prompts != len(pairs):
+            return fail(f"regenerated {len(pairs)} prompts but the artifact records {recorded.n_prompts}", actual,
+                        tuple(checks))
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        return fail(f"faithfulness ({bad[0].ablation}) moved by {bad[0].diff:+.4f}, beyond ±{tolerance:g}",
+                    actual, tuple(checks))
+    note = "" if actual == circuit.model_fingerprint else "fingerprint mismatch allowed by request"
+    return VerifyResult(str(path), True, tolerance, circuit.model_fingerprint, actual, tuple(checks), note)
