@@ -60,3 +60,4 @@ def main() -> None:
 # Feature modules register their commands on `app`.
 from mechkit.cli import models as _models  # noqa: E402,F401
 from mechkit.cli import artifacts as _artifacts  # noqa: E402,F401
+from mechkit.cli import sae as _sae  # noqa: E402,F401

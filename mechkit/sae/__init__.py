@@ -17,3 +17,5 @@ from mechkit.sae.train import (
 )
 from mechkit.sae.io import load_sae as load_sae, sae_hook as sae_hook
 from mechkit.sae.evaluate import SAEEval as SAEEval, eval_table as eval_table, evaluate_sae as evaluate_sae
+from mechkit.sae.features import FeatureStats as FeatureStats, feature_stats as feature_stats
+from mechkit.sae.dashboard import write_dashboard as write_dashboard

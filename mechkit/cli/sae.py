@@ -1,0 +1,152 @@
+"""``mechkit sae cache|train|eval|features``: sparse autoencoders from the command line."""
+
+import json
+
+import typer
+
+from mechkit.cli import app
+
+sae_app = typer.Typer(help="Sparse autoencoders: cache activations, train, evaluate, inspect features.",
+                      no_args_is_help=True)
+app.add_typer(sae_app, name="sae")
+
+_SOURCE = typer.Option("random", help="task:NAME, tokens:PATH (safetensors), text:PATH or random")
+_N = typer.Option(256, "--n", help="number of prompts / token rows")
+
+
+@sae_app.command("cache")
+def cache_cmd(
+    spec: str = typer.Argument(..., help="model spec, e.g. organism:chekhov"),
+    out: str = typer.Argument(..., help="cache directory (rerun to resume)"),
+    hook: list[str] = typer.Option(..., "--hook", help="hook to store; repeat for several"),
+    source: str = _SOURCE,
+    n: int = _N,
+    seed: int = typer.Option(0),
+    split: str = typer.Option("train"),
+    batch_size: int = typer.Option(32),
+    shard_tokens: int = typer.Option(65536, help="tokens per shard (bounds memory)"),
+    dtype: str = typer.Option("float32"),
+    skip_first: bool = typer.Option(False, help="drop position 0 (BOS)"),
+    device: str = typer.Option(None),
+) -> None:
+    """Store activations of HOOKs for a token source (each torchrun rank writes its own shards)."""
+    from mechkit.models import load_model
+    from mechkit.sae import ActivationCache, write_cache
+    from mechkit.sae.data import load_source
+
+    model = load_model(spec, device=device)
+    data = load_source(model, source, n=n, seed=seed, split=split)
+    path = write_cache(model, data, out, hook, batch_size=batch_size, shard_tokens=shard_tokens, dtype=dtype,
+                       skip_first=skip_first)
+    cache = ActivationCache(path)
+    for h in hook:
+        typer.echo(f"{h}: {cache.n_tokens(h):,} tokens x {cache.d(h)} in {len(cache.shards(h))} shards -> {path}")
+
+
+@sae_app.command("train")
+def train_cmd(
+    cache: str = typer.Argument(..., help="activation cache directory"),
+    hook: str = typer.Argument(..., help="hook to train on"),
+    out: str = typer.Argument(..., help="output directory (SAELens format); rerun to resume"),
+    architecture: str = typer.Option("topk", "--arch", help="standard, topk, batchtopk, jumprelu, ..."),
+    expansion: int = typer.Option(8, help="d_sae = expansion * d_in"),
+    d_sae: int = typer.Option(None),
+    k: int = typer.Option(32, help="active features per token (topk family)"),
+    sparsity: float = typer.Option(None, help="l1 (standard) or l0 (jumprelu) coefficient"),
+    steps: int = typer.Option(1000),
+    batch_size: int = typer.Option(4096),
+    lr: float = typer.Option(3e-4),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu"),
+    autocast: bool = typer.Option(False, help="bf16 autocast (GPU)"),
+    checkpoint_every: int = typer.Option(0, help="steps between checkpoints (0: none)"),
+    option: list[str] = typer.Option([], help="extra SAELens config field, KEY=JSON_VALUE; repeatable"),
+) -> None:
+    """Train an SAE with SAELens's SAETrainer on cached activations."""
+    from mechkit.errors import DataError
+    from mechkit.sae import TrainConfig, train_sae
+
+    options = {}
+    for item in option:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise DataError(f"--option {item!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    cfg = TrainConfig(architecture=architecture, expansion=expansion, d_sae=d_sae, k=k, sparsity_coefficient=sparsity,
+                      steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device, autocast=autocast,
+                      checkpoint_every=checkpoint_every, options=options)
+    sae = train_sae(cache, hook, out, cfg)
+    typer.echo(f"trained {architecture} SAE d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} -> {out}")
+
+
+@sae_app.command("eval")
+def eval_cmd(
+    spec: str = typer.Argument(..., help="model spec"),
+    sae_dir: str = typer.Argument(..., help="SAE directory (mechkit or SAELens format)"),
+    hook: str = typer.Option(None, help="hook to splice at (default: the SAE's recorded hook)"),
+    source: str = _SOURCE,
+    n: int = _N,
+    seed: int = typer.Option(1),
+    split: str = typer.Option("test"),
+    skip_first: bool = typer.Option(False),
+    json_out: str = typer.Option(None, "--json", help="also write the numbers to this JSON file"),
+    device: str = typer.Option(None),
+) -> None:
+    """Explained variance, L0, dead features, CE loss recovered and KL with the SAE spliced in."""
+    from rich.console import Console
+
+    from mechkit.models import load_model
+    from mechkit.sae import eval_table, evaluate_sae, load_sae
+    from mechkit.sae.data import load_source
+
+    model = load_model(spec, device=device)
+    sae = load_sae(sae_dir, device=model.cfg.device)
+    data = load_source(model, source, n=n, seed=seed, split=split)
+    result = evaluate_sae(model, sae, data, hook=hook, skip_first=skip_first, progress=True)
+    Console().print(eval_table(result, title=f"{sae_dir} on {spec}"))
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
+
+
+@sae_app.command("features")
+def features_cmd(
+    spec: str = typer.Argument(..., help="model spec"),
+    sae_dir: str = typer.Argument(..., help="SAE directory"),
+    source: str = _SOURCE,
+    n: int = _N,
+    seed: int = typer.Option(1),
+    split: str = typer.Option("test"),
+    top: int = typer.Option(10, help="features to list (most frequently active)"),
+    html: str = typer.Option(None, help="write a self-contained HTML dashboard here"),
+    device: str = typer.Option(None),
+) -> None:
+    """List the most active features with their top contexts; optionally write an HTML dashboard."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mechkit.models import load_model
+    from mechkit.sae import feature_stats, load_sae
+    from mechkit.sae.data import load_source
+
+    model = load_model(spec, device=device)
+    sae = load_sae(sae_dir, device=model.cfg.device)
+    data = load_source(model, source, n=n, seed=seed, split=split)
+    stats = feature_stats(model, sae, data)
+    table = Table(title=f"top features of {sae_dir}")
+    for col in ("feature", "frequency", "max act", "top context", "top logits"):
+        table.add_column(col)
+    for f in stats.most_frequent(top):
+        table.add_row(
+            stats.node_name(f), f"{stats.frequency[f]:.4f}", f"{stats.max_act[f]:.3g}",
+            stats.context_text(model, f, 0), " ".join(stats.top_logit_tokens(model, f, 5)),
+        )
+    Console().print(table)
+    if html:
+        from mechkit.sae import write_dashboard
+
+        write_dashboard(model, sae, stats, html)
+        typer.echo(f"dashboard -> {html}")
