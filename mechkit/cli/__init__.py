@@ -61,3 +61,4 @@ def main() -> None:
 from mechkit.cli import models as _models  # noqa: E402,F401
 from mechkit.cli import artifacts as _artifacts  # noqa: E402,F401
 from mechkit.cli import sae as _sae  # noqa: E402,F401
+from mechkit.cli import discover as _discover  # noqa: E402,F401
