@@ -1,0 +1,157 @@
+"""Benchmark circuit discovery on the shipped organisms.
+
+    .venv/bin/python bench/discovery.py [--n 64] [--out bench-discovery.json] [--organisms a,b]
+
+For every organism under assets/organisms (missing ones are skipped with a note):
+
+- wired organisms (known circuit in card.json): node and edge AUROC of EAP-IG scores
+  (targets 1.0 and >= 0.95);
+- every organism: faithfulness of the EAP-IG circuit at 10% of edges, top-n and greedy
+  (target >= 0.9), Jaccard of its nodes with the oracle's smallest node set reaching 0.9
+  (target >= 0.9), Pearson of EAP-IG against exact edge patching (target >= 0.9), CPR/CMD of
+  the MIB faithfulness curve, time of full EAP-IG scoring (target <= 10 s on CPU), and time of
+  the whole curve in units of one plain forward over the same prompts (target <= 20).
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mechkit.discovery import (
+    attribute,
+    edge_auroc,
+    evaluate,
+    faithfulness_curve,
+    ground_truth,
+    jaccard,
+    node_auroc,
+    oracle,
+)
+from mechkit.discovery.ground_truth import GroundTruthError, circuit_nodes
+from mechkit.models import available_organisms, load_model, organisms_dir
+
+ORGANISMS = ("wired-induction", "wired-chekhov", "induction", "chekhov", "sandbagging")
+
+
+def task_for(name: str):
+    """The organism's task: card.json's "task" if present, else the name without "wired-"."""
+    from mechkit.organisms import task
+
+    card = organisms_dir() / name / "card.json"
+    meta = json.loads(card.read_text()) if card.is_file() else {}
+    t = meta.get("task")
+    if isinstance(t, dict):
+        return task(t["name"], **t.get("params", {}))
+    return task(t if isinstance(t, str) else name.removeprefix("wired-"))
+
+
+def timed(fn, repeats: int = 1):
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return out, statistics.median(times)
+
+
+def bench_one(name: str, n: int, seed: int) -> dict:
+    model = load_model(f"organism:{name}", device="cpu")
+    pairs = task_for(name).generate(n, seed=seed, split="test")
+    row: dict = {"organism": name, "n_prompts": len(pairs)}
+    with torch.no_grad():
+        model(pairs.clean)  # warm-up
+        _, t_forward = timed(lambda: model(pairs.clean), repeats=5)
+    scores, t_scores = timed(lambda: attribute(model, pairs, "eap-ig", model_spec=f"organism:{name}"))
+    row.update(n_edges=scores.graph.n_edges, n_nodes=len(scores.graph.node_names), eap_ig_s=t_scores)
+
+    try:
+        truth = ground_truth(name)
+    except GroundTruthError:
+        truth = None
+    if truth is not None:
+        row.update(node_auroc=node_auroc(scores, truth), edge_auroc=edge_auroc(scores, truth))
+
+    curve, t_curve = timed(lambda: faithfulness_curve(model, pairs, scores))
+    row.update(
+        curve=dict(zip(map(str, curve.fractions), curve.faithfulness)),
+        cpr=curve.cpr, cmd=curve.cmd, curve_forwards=t_curve / t_forward, forward_s=t_forward,
+    )
+    for rule in ("top-n", "greedy"):
+        circuit = scores.select("10%", rule=rule)
+        f = evaluate(model, pairs, circuit)
+        row[f"faith10_{rule}"] = f.value
+        row[f"faith10_{rule}_ci"] = (f.ci_low, f.ci_high)
+        row[f"edges10_{rule}"] = int(circuit.in_circuit.sum())
+        row[f"nodes10_{rule}"] = sorted(circuit_nodes(circuit.edge_names, circuit.in_circuit))
+
+    if row["n_nodes"] <= 16:
+        found = oracle(model, pairs, target=0.9)
+        k = len(found.nodes)
+        order = scores.node_scores.abs().argsort(descending=True).tolist()
+        top_k = {scores.graph.node_names[i] for i in order[:k]}
+        row.update(
+            oracle_nodes=list(found.nodes), oracle_faith=found.faithfulness, oracle_reached=found.reached,
+            jaccard_topk=jaccard(top_k, found.nodes),
+            jaccard_circuit=jaccard(set(row["nodes10_top-n"]), found.nodes),
+        )
+    exact = attribute(model, pairs, "exact")
+    row["pearson_exact"] = float(np.corrcoef(scores.scores.numpy(), exact.scores.numpy())[0, 1])
+    row["pearson_exact_nodes"] = float(np.corrcoef(scores.node_scores.numpy(), exact.node_scores.numpy())[0, 1])
+    return row
+
+
+def fmt(value, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    cols = [
+        ("organism", "organism", "s"), ("node AUROC", "node_auroc", ".3f"), ("edge AUROC", "edge_auroc", ".3f"),
+        ("F@10% top-n", "faith10_top-n", ".3f"), ("F@10% greedy", "faith10_greedy", ".3f"),
+        ("Jacc(top-k,oracle)", "jaccard_topk", ".2f"), ("Jacc(circ,oracle)", "jaccard_circuit", ".2f"),
+        ("r(IG,exact)", "pearson_exact", ".3f"), ("CPR", "cpr", ".3f"), ("CMD", "cmd", ".3f"),
+        ("EAP-IG s", "eap_ig_s", ".2f"), ("curve/fwd", "curve_forwards", ".1f"),
+    ]
+    header = " | ".join(c[0] for c in cols)
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(" | ".join(fmt(row.get(key), spec) if spec != "s" else row[key] for _, key, spec in cols))
+    print("targets: node AUROC 1.0, edge AUROC >= 0.95, F@10% >= 0.9, Jaccard >= 0.9, r >= 0.9, EAP-IG <= 10 s, curve <= 20 forwards")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=64, help="prompt pairs per organism")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--organisms", default=",".join(ORGANISMS), help="comma-separated organism names")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    have = set(available_organisms())
+    rows = []
+    for name in args.organisms.split(","):
+        if name not in have:
+            print(f"note: organism {name!r} is not under {organisms_dir()}; skipped")
+            continue
+        print(f"benchmarking {name} ...", flush=True)
+        rows.append(bench_one(name, args.n, args.seed))
+    if rows:
+        print_table(rows)
+    else:
+        print("no organisms to benchmark")
+    if args.out:
+        meta = {"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__}
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
