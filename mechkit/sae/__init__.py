@@ -19,3 +19,11 @@ from mechkit.sae.io import load_sae as load_sae, sae_hook as sae_hook
 from mechkit.sae.evaluate import SAEEval as SAEEval, eval_table as eval_table, evaluate_sae as evaluate_sae
 from mechkit.sae.features import FeatureStats as FeatureStats, feature_stats as feature_stats
 from mechkit.sae.dashboard import write_dashboard as write_dashboard
+from mechkit.sae.attribution import (
+    FeatureAttribution as FeatureAttribution,
+    InterventionReport as InterventionReport,
+    attribute_features as attribute_features,
+    feature_circuit as feature_circuit,
+    feature_intervention as feature_intervention,
+    intervention_report as intervention_report,
+)
