@@ -67,6 +67,15 @@ class EdgeScores:
         """The ``n`` (or ``"5%"``) highest-|score| edges, dangling ones pruned."""
         return self.select(n, rule="top-n", absolute=absolute, prune=prune)
 
+    def top_nodes(self, k: int, absolute: bool = True) -> Circuit:
+        """A node-level circuit: every edge between the ``k`` highest-|node score| heads/MLPs,
+        ``embed`` and ``logits``, dangling edges pruned."""
+        keys = self.node_scores.abs() if absolute else self.node_scores
+        keep = topn_mask(keys, k, absolute=False)
+        mask = prune_dangling(self.graph, self.graph.node_mask_to_edges(keep))
+        nodes = [n for n, kept in zip(self.graph.node_names, keep.tolist()) if kept]
+        return self.circuit(mask, {"rule": "top-nodes", "k": k, "nodes": nodes, "absolute": absolute, "prune_dangling": True})
+
     def select(
         self,
         edges: int | float | str | None = None,

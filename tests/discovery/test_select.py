@@ -74,14 +74,11 @@ def test_greedy_selection_is_connected_to_logits(graph):
     mask = greedy_mask(graph, scores, 6)
     assert mask.sum() == 6
     chosen = names_of(graph, mask)
-    receivers_in = {"logits"}
-    for name in sorted(chosen, key=lambda n: -abs(float(scores[graph.edge_position(n)]))):
-        pass
     # every chosen edge's receiver node is logits or a node with a chosen outgoing edge
     senders = {n.split("->")[0] for n in chosen}
     for name in chosen:
         dst = name.split("->")[1].split("<")[0]
-        assert dst in receivers_in | senders
+        assert dst in {"logits"} | senders
     big = greedy_mask(graph, scores, 40)
     assert big[graph.edge_position("embed->L1H0<q>")] or not any(
         n.startswith("L1H0->") for n in names_of(graph, big)
@@ -103,3 +100,13 @@ def test_edge_scores_select_rules(graph):
     with pytest.raises(SelectionError, match="unknown selection rule"):
         es.select(10, rule="best")
     assert top.edge_names == graph.edge_names and top.method == "test" and top.created.endswith("+00:00")
+
+
+def test_top_nodes_circuit(graph):
+    node_scores = torch.tensor([0.1, -2.0, 0.0, 1.5, 0.2, 0.3])  # L0H0 L0H1 M0 L1H0 L1H1 M1
+    es = EdgeScores(graph, torch.zeros(graph.n_edges), node_scores, "test")
+    circuit = es.top_nodes(2)
+    assert circuit.selection["nodes"] == ["L0H1", "L1H0"]
+    touched = {n for e in circuit.edges for n in (e.src, e.dst)}
+    assert touched == {"embed", "L0H1", "L1H0", "logits"}
+    assert "L0H1->L1H0<v>" in {e.name for e in circuit.edges}
