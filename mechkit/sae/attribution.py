@@ -129,11 +129,12 @@ def feature_intervention(
     model: HookedTransformer,
     sae: SAE,
     features: Sequence[int],
-    values: Float[Tensor, "pos n_features"] | None = None,
+    values: Float[Tensor, "pos n_features"] | Float[Tensor, "batch pos n_features"] | None = None,
     hook: str | None = None,
 ) -> Iterator[HookedTransformer]:
-    """Inside the block, ``features`` are zeroed (``values=None``) or set to ``values`` at each
-    position; everything the SAE does not explain (the error term) is left as it was."""
+    """Inside the block, ``features`` are zeroed (``values=None``) or set to ``values`` (per
+    position, or per prompt and position); what the SAE does not explain (the error term) is
+    left as it was."""
     hook = check_hook_name(model, sae_hook(sae, hook))
     idx = torch.as_tensor(list(features), dtype=torch.long, device=model.cfg.device)
 
@@ -143,7 +144,7 @@ def feature_intervention(
         if values is None:
             f_new[..., idx] = 0
         else:
-            f_new[..., idx] = values[: act.shape[1]].to(f.device, f.dtype)
+            f_new[..., idx] = values[..., : act.shape[1], :].to(f.device, f.dtype)
         return act + (sae.decode(f_new) - sae.decode(f)).to(act.dtype)
 
     with model.hooks(fwd_hooks=[(hook, edit)]):
@@ -154,47 +155,49 @@ def feature_intervention(
 class InterventionReport:
     """Fractions of prompts whose top next-token prediction is the named answer.
 
-    ``clean`` prompts should give ``answer`` and ``corrupted`` ones ``wrong``; ``ablated_*``
-    zero the features, ``steered_corrupted`` sets them to their mean clean activation.
+    Clean prompts should give ``answer`` and corrupted ones ``wrong``. ``ablated_*`` zero the
+    features; ``patched_corrupted_*`` set them, on each corrupted prompt, to their values on the
+    paired clean prompt (adding what the clean prompt has and the corrupted one lacks).
     """
 
     features: tuple[int, ...]
     clean_gives_answer: float
     corrupted_gives_wrong: float
-    ablated_clean_gives_wrong: float  # the features' removal flips clean prompts
-    ablated_corrupted_gives_wrong: float  # ... while corrupted prompts keep their answer
-    steered_corrupted_gives_answer: float  # adding the features flips corrupted prompts
+    ablated_clean_gives_answer: float
+    ablated_clean_gives_wrong: float  # removing the features flips clean prompts to the corrupted answer
+    ablated_corrupted_gives_wrong: float  # ... while corrupted prompts keep theirs
+    patched_corrupted_gives_answer: float  # adding them flips corrupted prompts to the clean answer
 
 
 @torch.no_grad()
 def intervention_report(
-    model: HookedTransformer, sae: SAE, pairs: PromptPairs, features: Sequence[int], attribution: FeatureAttribution,
+    model: HookedTransformer, sae: SAE, pairs: PromptPairs, features: Sequence[int], hook: str | None = None,
+    batch_size: int = 256,
 ) -> InterventionReport:
-    """Zero-ablate ``features`` on both prompt sets and steer corrupted prompts with them."""
+    """Zero-ablate ``features`` on both prompt sets, and patch their clean values into corrupted prompts."""
+    hook = check_hook_name(model, sae_hook(sae, hook))
     device = model.cfg.device
-    pairs = pairs.to(device)
-    rows = torch.arange(len(pairs), device=device)
+    sae = sae.to(device)
+    idx = list(features)
+    sums = torch.zeros(6)
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size].to(device)
+        rows = torch.arange(len(batch), device=device)
 
-    def top(tokens: Tensor) -> Tensor:
-        return model(tokens)[rows, pairs.answer_pos].argmax(-1)
+        def top(tokens: Tensor) -> Tensor:
+            return model(tokens)[rows, batch.answer_pos].argmax(-1)
 
-    values = attribution.clean_mean[:, list(features)]
-    with feature_intervention(model, sae, features, hook=attribution.hook):
-        abl_clean, abl_corr = top(pairs.clean), top(pairs.corrupted)
-    with feature_intervention(model, sae, features, values=values, hook=attribution.hook):
-        steered = top(pairs.corrupted)
-
-    def frac(pred: Tensor, target: Tensor) -> float:
-        return float((pred == target).float().mean())
-
-    return InterventionReport(
-        features=tuple(int(f) for f in features),
-        clean_gives_answer=frac(top(pairs.clean), pairs.answer),
-        corrupted_gives_wrong=frac(top(pairs.corrupted), pairs.wrong),
-        ablated_clean_gives_wrong=frac(abl_clean, pairs.wrong),
-        ablated_corrupted_gives_wrong=frac(abl_corr, pairs.wrong),
-        steered_corrupted_gives_answer=frac(steered, pairs.answer),
-    )
+        _, cache = model.run_with_cache(batch.clean, names_filter=[hook])
+        clean_values = sae.encode(cache[hook])[..., idx]
+        clean, corrupted = top(batch.clean), top(batch.corrupted)
+        with feature_intervention(model, sae, idx, hook=hook):
+            abl_clean, abl_corr = top(batch.clean), top(batch.corrupted)
+        with feature_intervention(model, sae, idx, values=clean_values, hook=hook):
+            patched = top(batch.corrupted)
+        a, w = batch.answer, batch.wrong
+        sums += torch.tensor([float((x == y).sum()) for x, y in (
+            (clean, a), (corrupted, w), (abl_clean, a), (abl_clean, w), (abl_corr, w), (patched, a))])
+    return InterventionReport(tuple(int(i) for i in idx), *(sums / len(pairs)).tolist())
 
 
 def feature_circuit(

@@ -50,11 +50,21 @@ def test_interventions_equal_direct_edits():
         zeroed = model(pairs.clean)
     torch.testing.assert_close(ablated, zeroed, atol=1e-5, rtol=1e-5)
     attr = attribute_features(model, sae, pairs)
-    with feature_intervention(model, sae, all_features, values=attr.clean_mean):  # one pair: mean = its own value
+    with feature_intervention(model, sae, all_features, values=attr.clean_mean):  # one pair: its own values
         steered = model(pairs.corrupted)
     torch.testing.assert_close(steered, model(pairs.clean), atol=1e-4, rtol=1e-4)
-    report = intervention_report(model, sae, pairs, all_features, attr)
-    assert report.steered_corrupted_gives_answer == report.clean_gives_answer
+    p = _pairs()
+    rows = torch.arange(6)
+    with torch.no_grad():  # answers = the model's own predictions, so the baselines are 1.0
+        p = PromptPairs(p.clean, p.corrupted, model(p.clean)[rows, p.answer_pos].argmax(-1),
+                        model(p.corrupted)[rows, p.answer_pos].argmax(-1), p.answer_pos)
+        with model.hooks(fwd_hooks=[(HOOK, lambda act, hook: torch.zeros_like(act))]):
+            zero_top = model(p.clean)[rows, p.answer_pos].argmax(-1)
+    report = intervention_report(model, sae, p, all_features, batch_size=4)
+    assert report.clean_gives_answer == 1.0 and report.corrupted_gives_wrong == 1.0
+    assert report.patched_corrupted_gives_answer == 1.0  # lossless SAE, all features: a full patch
+    assert report.ablated_clean_gives_answer == float((zero_top == p.answer).float().mean())
+    assert report.ablated_clean_gives_wrong == float((zero_top == p.wrong).float().mean())
 
 
 def test_feature_circuit_nodes():
