@@ -119,11 +119,11 @@ class ModelInfo(_Strict):
 
 
 class TaskInfo(_Strict):
-    """How to regenerate the prompts the circuit was found and measured on."""
+    """How to regenerate the prompts the circuit was found and measured on (empty: unknown)."""
 
-    name: Name
+    name: Name | None = Field(default=None, description="organism task name (mechkit.organisms.task)")
     params: Params = Field(default_factory=dict, description="generator parameters")
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
     n: Annotated[int, Field(ge=0)] | None = Field(default=None, description="number of prompts")
     split: Annotated[str, Field(max_length=64)] | None = None
     data: Text | None = Field(default=None, description="path of a user prompt file, when not generated")

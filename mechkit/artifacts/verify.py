@@ -127,6 +127,8 @@ def _verify(path: Path, circuit: Circuit, tolerance: float, allow_mismatch: bool
     if actual != circuit.model_fingerprint and not allow_mismatch:
         return fail("model weights differ from the ones the circuit was found in "
                     "(pass --allow-fingerprint-mismatch to evaluate anyway)", actual)
+    if not circuit.task.get("name") and not own_regenerate:
+        return fail("the artifact records no task name: nothing to regenerate prompts from", actual)
     if "data" in circuit.task and not own_regenerate:
         return fail(f"task reads prompts from {circuit.task['data']!r}: verify regenerates organism tasks only", actual)
     try:

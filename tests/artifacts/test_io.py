@@ -296,7 +296,7 @@ def test_missing_file_and_directory(tmp_path):
 
 def test_no_code_executing_loaders_in_mechkit():
     root = Path(__file__).resolve().parents[2] / "mechkit"
-    pattern = re.compile(r"\bimport pickle|\bfrom pickle\b|\bpickle\.|\bcloudpickle|\bdill\b|torch\.load\b|"
+    pattern = re.compile(r"\bimport pickle|\bfrom pickle\b|\bpickle\.\w|\bcloudpickle|\bdill\b|torch\.load\b|"
                          r"(?<![\w.])(eval|exec)\s*\(|\bmarshal\.loads|\bshelve\b")
     offenders = []
     for py in sorted(root.rglob("*.py")):
@@ -306,3 +306,12 @@ def test_no_code_executing_loaders_in_mechkit():
     assert offenders == []
     assert pattern.search("x = pickle.loads(b)") and pattern.search("torch.load(f)") and pattern.search("eval(s)")
     assert not pattern.search("model.eval()")
+
+
+def test_feature_only_circuit_without_task(tmp_path):
+    c = make_circuit(task={}, edge_names=(), edge_scores=torch.zeros(0), in_circuit=torch.zeros(0, dtype=torch.bool),
+                     node_scores={"F:blocks.1.hook_resid_post:7": 0.5, "F:blocks.1.hook_resid_post:3": -0.25},
+                     method="sae-attribution-patching")
+    back = load_circuit(save_circuit(c, tmp_path / "f.circuit.json"))
+    assert_same(c, back)
+    assert back.task == {} and len(back.nodes) == 2

@@ -175,3 +175,10 @@ def test_end_to_end_with_real_model_and_evaluator(tiny_organism_dir, tmp_path):
     moved = make_circuit(**{**circuit.__dict__, "model_spec": "organism:tiny2"})
     result = verify_circuit(save_circuit(moved, tmp_path / "moved.circuit.json"), regenerate=lambda task: pairs)
     assert not result.passed and not result.fingerprint_ok
+
+
+def test_taskless_artifact_fails_to_verify(tmp_path):
+    path = save_circuit(make_circuit(task={}), tmp_path / "c.circuit.json")
+    fakes = Fakes()
+    result = verify_circuit(path, load_model=fakes.load_model, evaluate=fakes.evaluate, fingerprint=fakes.fingerprint)
+    assert not result.passed and "no task name" in result.reason
