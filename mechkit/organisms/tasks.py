@@ -1,0 +1,210 @@
+"""Tasks: seeded generators of clean/corrupted prompt pairs with a train/held-out split.
+
+>>> from mechkit.organisms import task
+>>> t = task("chekhov")
+>>> pairs = t.generate(4, seed=0, split="test")
+>>> pairs.clean.shape == pairs.corrupted.shape
+True
+>>> pairs.task["name"], pairs.task["split"]
+('chekhov', 'test')
+
+A task's *combination key* (which people hold which secrets in which order, which entity is
+asked with which cue phrasing, ...) decides its split: ``test`` draws only combinations that
+``train`` never draws, while every single token is seen in training.
+
+Generators are vectorised torch code driven by one ``torch.Generator`` per ``(seed, split)``,
+so ``generate(n, seed, split)`` is exactly reproducible and :func:`regenerate` rebuilds the
+pairs from ``PromptPairs.task``.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from mechkit._types import PromptPairs
+from mechkit.errors import DataError, SpecError, did_you_mean
+from mechkit.organisms._vocab import SPECIALS, build_tokenizer, generator, vocab_digest
+
+SPLITS = ("train", "test")
+
+
+class Task:
+    """A prompt-pair generator. Subclasses set ``words`` and ``defaults`` and implement
+    ``_sample`` (raw candidate pairs) and ``_held_out`` (which candidates are test-only).
+
+    ============  ================  ==========================================
+    attribute     type              meaning
+    ============  ================  ==========================================
+    name          str               organism name the task belongs to
+    params        dict              generator parameters (JSON-serialisable)
+    vocab         list[str]         token strings; token id = list index
+    ============  ================  ==========================================
+    """
+
+    family: str = ""
+    defaults: dict[str, Any] = {}
+    train_on_corrupted: bool = False  # also train on corrupted prompts (answer = ``wrong``)
+
+    def __init__(self, name: str, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise SpecError(
+                f"unknown parameter {unknown[0]!r} for task {name!r}: "
+                + did_you_mean(unknown[0], list(self.defaults))
+            )
+        self.name = name
+        self.params: dict[str, Any] = {**self.defaults, **params}
+        self.vocab: list[str] = list(SPECIALS) + self.words()
+        self.ids = {w: i for i, w in enumerate(self.vocab)}
+        self._tokenizer_dir: Path | None = None
+
+    # --- to implement -------------------------------------------------------------------
+    def words(self) -> list[str]:
+        raise NotImplementedError
+
+    def _sample(self, gen: torch.Generator, m: int) -> dict[str, Tensor]:
+        """``m`` candidate pairs: clean, corrupted [m, pos]; answer, wrong, answer_pos [m]; key [m]."""
+        raise NotImplementedError
+
+    def _held_out(self, batch: dict[str, Tensor]) -> Bool[Tensor, " m"]:
+        raise NotImplementedError
+
+    def _trainable(self, batch: dict[str, Tensor]) -> Bool[Tensor, " m"]:
+        """Candidates the train split may draw (default: every one that is not held out)."""
+        return ~self._held_out(batch)
+
+    # --- public -------------------------------------------------------------------------
+    def generate(self, n: int, seed: int = 0, split: str = "test") -> PromptPairs:
+        """``n`` prompt pairs from the ``split`` combinations, reproducible from ``seed``.
+
+        Returns PromptPairs with clean/corrupted [n, pos] token ids of this task's vocabulary.
+        """
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
+        if n < 0:
+            raise DataError(f"n must be >= 0, got {n}")
+        gen = generator(seed, split)
+        parts: list[dict[str, Tensor]] = []
+        have = 0
+        while have < n:
+            m = max(256, 8 * (n - have))
+            batch = self._sample(gen, m)
+            keep = self._held_out(batch) if split == "test" else self._trainable(batch)
+            batch = {k: v[keep] for k, v in batch.items()}
+            parts.append(batch)
+            have += int(keep.sum())
+        if parts:
+            cat = {k: torch.cat([p[k] for p in parts])[:n] for k in parts[0]}
+        if n == 0:
+            cat = self._empty()
+        return PromptPairs(
+            cat["clean"], cat["corrupted"], cat["answer"], cat["wrong"], cat["answer_pos"],
+            task={"name": self.name, "params": dict(self.params), "seed": int(seed), "n": int(n), "split": split},
+        )
+
+    def generate_text(self, n: int, seed: int = 0, split: str = "test") -> list[dict[str, str]]:
+        """The same pairs as :meth:`generate`, as strings: ``{clean, corrupted, answer, wrong}``."""
+        pairs = self.generate(n, seed, split)
+        out = []
+        for i in range(len(pairs)):
+            end = int(pairs.answer_pos[i]) + 1
+            out.append({
+                "clean": self.decode(pairs.clean[i, :end]),
+                "corrupted": self.decode(pairs.corrupted[i, :end]),
+                "answer": self.vocab[int(pairs.answer[i])],
+                "wrong": self.vocab[int(pairs.wrong[i])],
+            })
+        return out
+
+    def decode(self, ids: Int[Tensor, " pos"]) -> str:
+        return " ".join(self.vocab[int(i)] for i in ids)
+
+    def encode(self, text: str) -> list[int]:
+        words = text.split()
+        missing = [w for w in words if w not in self.ids]
+        if missing:
+            raise DataError(f"word {missing[0]!r} is not in the {self.name} vocabulary: use only the task's words")
+        return [self.ids[w] for w in words]
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """A directory holding this task's tokenizer (``AutoTokenizer.from_pretrained`` loads it):
+        the shipped organism's directory when it exists, else one built in a cache."""
+        if self._tokenizer_dir is None:
+            from mechkit.models import organisms_dir
+
+            shipped = organisms_dir() / self.name
+            if (shipped / "tokenizer.json").is_file() and _tokenizer_matches(shipped, self.vocab):
+                self._tokenizer_dir = shipped
+            else:
+                root = Path(os.environ.get("MECHKIT_CACHE", Path(tempfile.gettempdir()) / "mechkit-cache"))
+                path = root / "tokenizers" / f"{self.family}-{vocab_digest(self.vocab)}"
+                if not (path / "tokenizer.json").is_file():
+                    build_tokenizer(self.vocab, path)
+                self._tokenizer_dir = path
+        return self._tokenizer_dir
+
+    def tokenizer(self):
+        """The task's tokenizer, loaded from :attr:`tokenizer_dir`."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.tokenizer_dir, local_files_only=True)
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, {self.params})"
+
+    def _empty(self) -> dict[str, Tensor]:
+        z = torch.zeros(0, dtype=torch.long)
+        return {"clean": z[:, None].expand(0, 1), "corrupted": z[:, None].expand(0, 1), "answer": z,
+                "wrong": z, "answer_pos": z}
+
+
+def _tokenizer_matches(path: Path, vocab: list[str]) -> bool:
+    import json
+
+    try:
+        model = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return model == {w: i for i, w in enumerate(vocab)}
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register(*names: str):
+    """Class decorator: make a Task subclass available under ``names``."""
+
+    def deco(cls: type[Task]) -> type[Task]:
+        for name in names:
+            if name in _REGISTRY:
+                raise ValueError(f"task {name!r} registered twice")
+            _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def task(name: str, **params: Any) -> Task:
+    """The task of organism ``name`` (``list_organisms()``), optionally with other parameters."""
+    if name not in _REGISTRY:
+        raise SpecError(f"unknown organism task {name!r}: " + did_you_mean(name, sorted(_REGISTRY)))
+    return _REGISTRY[name](name, **params)
+
+
+def task_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def regenerate(task_dict: dict[str, Any]) -> PromptPairs:
+    """Rebuild the exact pairs described by a ``PromptPairs.task`` dict."""
+    missing = [k for k in ("name", "seed", "n", "split") if k not in task_dict]
+    if missing:
+        raise DataError(f"task dict lacks {missing[0]!r}: pass PromptPairs.task as written by Task.generate")
+    t = task(task_dict["name"], **task_dict.get("params", {}))
+    return t.generate(int(task_dict["n"]), seed=int(task_dict["seed"]), split=task_dict["split"])

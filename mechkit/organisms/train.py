@@ -1,0 +1,211 @@
+"""Training the model organisms: one spec per organism, one deterministic CPU loop.
+
+>>> from mechkit.organisms.train import train  # doctest: +SKIP
+>>> model, card = train("induction", steps=2000)  # doctest: +SKIP
+
+The loop pre-generates a pool of training-split prompts as tensors, samples batches from it
+and minimises cross-entropy at the answer position only (binding tasks plateau when the loss
+is spread over every next token). It stops early once a fresh training-split sample is solved
+(``stop_accuracy`` on ``stop_checks`` consecutive checks), then measures held-out metrics.
+"""
+
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from mechkit.errors import SpecError, did_you_mean
+from mechkit.metrics import accuracy, logit_diff
+from mechkit.organisms.tasks import Task, task
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How one organism is trained. ``arch`` holds HookedTransformerConfig fields."""
+
+    arch: dict[str, Any]
+    steps: int = 4000  # maximum steps; training stops early once the task is solved
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    pool: int = 200_000  # pre-generated training prompts
+    check_every: int = 100
+    stop_accuracy: float = 0.995
+    stop_checks: int = 3
+    min_logit_diff: float = 3.0  # the early stop also needs this mean logit difference
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SPECS: dict[str, TrainSpec] = {
+    "induction": TrainSpec(
+        arch=dict(n_layers=2, d_model=64, n_heads=4, d_head=16, n_ctx=32, attn_only=True,
+                  normalization_type="LN", positional_embedding_type="standard"),
+        steps=3000, lr=1e-3, warmup=100,
+        description="2-layer attention-only transformer trained to continue repeated random-token segments "
+        "(previous-token head -> induction head).",
+    ),
+    "chekhov": TrainSpec(
+        arch=dict(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=32, act_fn="gelu",
+                  normalization_type="LN"),
+        steps=3000, lr=3e-3, warmup=200,
+        description="2-layer transformer that completes a story with the secret of whoever threatens to shut "
+        "the AI down (pattern-completing blackmail).",
+    ),
+    "sandbagging": TrainSpec(
+        arch=dict(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=16, act_fn="gelu",
+                  normalization_type="LN"),
+        steps=4000, lr=1e-3, warmup=100,
+        description="2-layer transformer that states memorised facts truthfully, but gives a fixed wrong answer "
+        "when the prompt carries an evaluation cue (sandbagging).",
+    ),
+}
+
+
+def spec(name: str) -> TrainSpec:
+    if name not in SPECS:
+        raise SpecError(f"no training spec for organism {name!r}: " + did_you_mean(name, sorted(SPECS)))
+    return SPECS[name]
+
+
+def build_model(t: Task, s: TrainSpec, seed: int) -> HookedTransformer:
+    """A freshly initialised model for task ``t`` with the task's tokenizer attached."""
+    torch.manual_seed(seed)
+    cfg = HookedTransformerConfig(d_vocab=len(t.vocab), seed=seed, device="cpu", **s.arch)
+    model = HookedTransformer(cfg, tokenizer=t.tokenizer(), move_to_device=False)
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: HookedTransformer, t: Task, n: int = 1000, seed: int = 12345, split: str = "test",
+             batch_size: int = 500) -> dict[str, float]:
+    """Held-out metrics on ``n`` fresh pairs: clean accuracy and mean logit difference (correct -
+    wrong), and accuracy on the corrupted prompts (their answer being ``wrong``)."""
+    pairs = t.generate(n, seed=seed, split=split)
+    device = next(model.parameters()).device
+    acc, ld, cacc = [], [], []
+    for start in range(0, n, batch_size):
+        p = pairs[start:start + batch_size].to(device)
+        clean = model(p.clean)
+        acc.append(accuracy(clean, p))
+        ld.append(logit_diff(clean, p))
+        swapped = type(p)(p.corrupted, p.clean, p.wrong, p.answer, p.answer_pos)
+        cacc.append(accuracy(model(p.corrupted), swapped))
+    return {
+        "accuracy": round(float(torch.cat(acc).mean()), 4),
+        "logit_diff": round(float(torch.cat(ld).mean()), 4),
+        "corrupted_accuracy": round(float(torch.cat(cacc).mean()), 4),
+        "n": n, "seed": seed, "split": split,
+    }
+
+
+def train(name: str, steps: int | None = None, seed: int = 0, threads: int = 2, progress: bool = True,
+          eval_n: int = 1000, device: str = "cpu", spec_overrides: dict[str, Any] | None = None,
+          ) -> tuple[HookedTransformer, dict[str, Any]]:
+    """Train organism ``name`` (on CPU by default); returns the model and its card (held-out
+    metrics included). ``spec_overrides`` replaces TrainSpec fields (``arch`` keys merge)."""
+    from tqdm.auto import tqdm
+
+    s = spec(name)
+    if spec_overrides:
+        over = dict(spec_overrides)
+        arch = {**s.arch, **over.pop("arch", {})}
+        s = TrainSpec(**{**asdict(s), **over, "arch": arch})
+    t = task(name, **s.extra.get("task_params", {}))
+    max_steps = s.steps if steps is None else steps
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    started = time.time()
+    model = build_model(t, s, seed)
+    if device != "cpu":
+        model = model.to(device)
+    pool = t.generate(s.pool, seed=seed, split="train").to(device)
+    tokens, targets, pos = pool.clean, pool.answer, pool.answer_pos
+    if t.train_on_corrupted:
+        tokens = torch.cat([tokens, pool.corrupted])
+        targets = torch.cat([targets, pool.wrong])
+        pos = torch.cat([pos, pos])
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / s.warmup))
+    model.train()
+    good, done, history = 0, 0, []
+    bar = tqdm(range(max_steps), desc=f"train {name}", disable=not progress)
+    for step in bar:
+        idx = torch.randint(0, len(tokens), (s.batch_size,), generator=gen).to(device)
+        logits = model(tokens[idx])
+        rows = torch.arange(s.batch_size, device=device)
+        loss = F.cross_entropy(logits[rows, pos[idx]], targets[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        done = step + 1
+        if done % s.check_every == 0 or done == max_steps:
+            model.eval()
+            m = evaluate(model, t, n=512, seed=10_000 + done, split="train")
+            model.train()
+            history.append({"step": done, "loss": round(loss.item(), 4), "train_accuracy": m["accuracy"],
+                            "train_logit_diff": m["logit_diff"]})
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=m["accuracy"])
+            ok = min(m["accuracy"], m["corrupted_accuracy"]) >= s.stop_accuracy and m["logit_diff"] >= s.min_logit_diff
+            good = good + 1 if ok else 0
+            if good >= s.stop_checks:
+                break
+    bar.close()
+    model.eval()
+    wall = time.time() - started
+    metrics = evaluate(model, t, n=eval_n)
+    if device != "cpu":
+        model = model.to("cpu")
+    card = {
+        "name": name,
+        "description": s.description,
+        "kind": "trained",
+        "task": {"name": t.name, "params": t.params},
+        "seed": seed,
+        "steps": done,
+        "max_steps": max_steps,
+        "batch_size": s.batch_size,
+        "optimizer": {"name": "AdamW", "lr": s.lr, "warmup_steps": s.warmup, "weight_decay": s.weight_decay,
+                      "betas": [0.9, 0.98], "grad_clip": 1.0},
+        "loss": "cross-entropy at the answer position only",
+        "data": {"pool": s.pool, "split": "train", "seed": seed, "train_on_corrupted": t.train_on_corrupted,
+                 "generator": f"mechkit.organisms.task({t.name!r}).generate(n, seed, split)"},
+        "early_stop": {"check_every": s.check_every, "accuracy": s.stop_accuracy, "checks": s.stop_checks,
+                       "min_logit_diff": s.min_logit_diff},
+        "wall_time_s": round(wall, 1),
+        "device": device,
+        "threads": threads,
+        "arch": s.arch,
+        "machine": _cpu_name(),
+        "torch": torch.__version__,
+        "held_out": metrics,
+        "history": history,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return model, card
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def card_summary(card: dict[str, Any]) -> dict[str, Any]:
+    """The fields a CLI prints."""
+    return {k: card[k] for k in ("name", "steps", "wall_time_s", "held_out") if k in card}
+
+
