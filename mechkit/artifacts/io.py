@@ -155,9 +155,20 @@ def render(doc: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- atomic writes
 
 
-def _write_temp(directory: Path, data: bytes, prefix: str) -> Path:
+def _file_mode(target: Path) -> int:
+    """The old file's permissions, or what a plain open() would give a new file (mkstemp uses 0600)."""
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _write_temp(directory: Path, data: bytes, prefix: str, mode: int = 0o644) -> Path:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -197,8 +208,8 @@ def save_circuit(circuit: Circuit, path: str | os.PathLike, *, sidecar: bool | N
     temps: list[Path] = []
     try:
         if blob is not None:
-            temps.append(_write_temp(path.parent, blob, f".{side.name}."))
-        temps.append(_write_temp(path.parent, text, f".{path.name}."))
+            temps.append(_write_temp(path.parent, blob, f".{side.name}.", _file_mode(side)))
+        temps.append(_write_temp(path.parent, text, f".{path.name}.", _file_mode(path)))
         if blob is not None:
             os.replace(temps[0], side)
         os.replace(temps[-1], path)

@@ -315,3 +315,16 @@ def test_feature_only_circuit_without_task(tmp_path):
     back = load_circuit(save_circuit(c, tmp_path / "f.circuit.json"))
     assert_same(c, back)
     assert back.task == {} and len(back.nodes) == 2
+
+
+def test_saved_files_get_normal_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = save_circuit(make_circuit(), tmp_path / "p.circuit.json", sidecar=True)
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "p.scores.safetensors").stat().st_mode & 0o777 == 0o644
+    path.chmod(0o600)
+    save_circuit(make_circuit(seed=2), path)
+    assert path.stat().st_mode & 0o777 == 0o600  # an existing file keeps its mode

@@ -1,0 +1,137 @@
+"""Generate the shipped circuits: one verified artifact per shipped organism, under ``circuits/``.
+
+    python -m mechkit.artifacts.ship                 # every organism under assets/organisms
+    python -m mechkit.artifacts.ship induction --out circuits
+
+For each organism: EAP-IG scores on 64 training-split prompts of its task (the task named in
+its ``card.json``), then the smallest edge budget of 2%, 5%, 10%, 20%, 50% whose circuit reaches
+0.8 normalised faithfulness (resample ablation) on 64 held-out test-split prompts, else the
+largest. The artifact's task is the test set its faithfulness was measured on (what
+``mechkit verify`` regenerates); the discovery set is recorded in its hyperparameters. Each
+artifact is re-verified after saving, and ``circuits/README.md`` lists them all.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mechkit._types import Circuit
+from mechkit.artifacts.io import save_circuit
+from mechkit.artifacts.verify import VerifyResult, verify_circuit
+from mechkit.errors import SpecError
+
+BUDGETS = ("2%", "5%", "10%", "20%", "50%")
+TARGET = 0.8
+N_PROMPTS = 64
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "circuits"
+
+
+@dataclass(frozen=True)
+class Shipped:
+    organism: str
+    path: Path
+    circuit: Circuit
+    verified: VerifyResult
+
+
+def _card(name: str) -> dict:
+    from mechkit.models import organisms_dir
+
+    path = organisms_dir() / name / "card.json"
+    if not path.is_file():
+        raise SpecError(f"organism {name!r} has no card.json under {path.parent}: train or build it first")
+    card = json.loads(path.read_text())
+    if not isinstance(card.get("task"), dict) or "name" not in card["task"]:
+        raise SpecError(f"{path}: the card names no task ({{'task': {{'name': ...}}}}): cannot generate prompts")
+    return card
+
+
+def ship_circuit(name: str, out_dir: str | Path = DEFAULT_OUT, *, device: str = "cpu", n: int = N_PROMPTS,
+                 ig_steps: int = 5) -> Shipped:
+    """Discover, measure, save and re-verify the circuit of organism ``name``."""
+    from mechkit.discovery import attribute, evaluate
+    from mechkit.models import load_model
+    from mechkit.organisms import task as get_task
+
+    card = _card(name)
+    task = get_task(card["task"]["name"], **card["task"].get("params", {}))
+    train, test = task.generate(n, seed=1, split="train"), task.generate(n, seed=0, split="test")
+    spec = f"organism:{name}"
+    model = load_model(spec, device=device)
+    scores = attribute(model, train.to(device), "eap-ig", model_spec=spec, ig_steps=ig_steps)
+    for budget in BUDGETS:
+        circuit = scores.select(budget)
+        measured = evaluate(model, test.to(device), circuit, ablation="resample")
+        if measured.value >= TARGET:
+            break
+    circuit = dataclasses.replace(
+        circuit,
+        task=dict(test.task),
+        faithfulness=(measured,),
+        hyperparameters={**circuit.hyperparameters, "discovery_task": dict(train.task)},
+        selection={**circuit.selection, "budgets_tried": list(BUDGETS), "target_faithfulness": TARGET},
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = save_circuit(circuit, out_dir / f"{name}.circuit.json")
+    return Shipped(name, path, circuit, verify_circuit(path, device=device))
+
+
+def readme(out_dir: str | Path = DEFAULT_OUT) -> str:
+    """circuits/README.md: a table of every ``*.circuit.json`` in ``out_dir``."""
+    from mechkit.artifacts.io import load_circuit
+
+    rows = []
+    for path in sorted(Path(out_dir).glob("*.circuit.json")):
+        c = load_circuit(path)
+        f = c.faithfulness[0] if c.faithfulness else None
+        faith = "—" if f is None else f"{f.value:.3f}" + (
+            f" [{f.ci_low:.3f}, {f.ci_high:.3f}]" if f.ci_low is not None and f.ci_high is not None else "")
+        rows.append(
+            f"| `{path.name}` | `{c.model_spec}` | {c.task.get('name')} | {c.method} | "
+            f"{int(c.in_circuit.sum())} / {len(c.edge_names)} | {faith} | `{c.model_fingerprint[:19]}…` |"
+        )
+    return "\n".join([
+        "# Shipped circuits",
+        "",
+        "One `mechkit.circuit/1` artifact per shipped organism (schema: [`schema.json`](schema.json)).",
+        "Each is re-checked by the test suite (`tests/artifacts/test_shipped.py`): `mechkit verify` reloads",
+        "the organism, compares its weight fingerprint, regenerates the task's test prompts and re-measures",
+        "faithfulness (resample ablation), which must match the recorded value within ±0.02.",
+        "",
+        "| file | model | task | method | edges in circuit | faithfulness [95% CI] | fingerprint |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Regenerate with `python -m mechkit.artifacts.ship` (EAP-IG on 64 training-split prompts; the",
+        "smallest budget of 2/5/10/20/50% of edges reaching 0.8 faithfulness on 64 test-split prompts).",
+        "View one with `mechkit show circuits/NAME.circuit.json --html NAME.html`; re-check all with",
+        "`mechkit verify circuits/*.circuit.json`.",
+        "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mechkit.models import available_organisms
+
+    parser = argparse.ArgumentParser(prog="python -m mechkit.artifacts.ship", description=__doc__.splitlines()[0])
+    parser.add_argument("organisms", nargs="*", help="organism names (default: every shipped organism)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n", type=int, default=N_PROMPTS, help="prompts per split")
+    args = parser.parse_args(argv)
+    names = args.organisms or available_organisms()
+    shipped = []
+    for name in names:
+        s = ship_circuit(name, args.out, device=args.device, n=args.n)
+        print("\n".join(s.verified.lines()), flush=True)
+        shipped.append(s)
+    (args.out / "README.md").write_text(readme(args.out))
+    return 0 if all(s.verified.passed for s in shipped) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
