@@ -29,3 +29,36 @@ def accuracy(logits: Float[Tensor, "batch pos d_vocab"], pairs: PromptPairs) -> 
     """1.0 where the correct answer is the top next-token prediction, else 0.0."""
     last = answer_logits(logits, pairs)
     return (last.argmax(-1) == pairs.answer.to(last.device)).float()
+
+
+def answer_prob(logits: Float[Tensor, "batch pos d_vocab"], pairs: PromptPairs) -> Float[Tensor, " batch"]:
+    """Probability of the correct answer at the answer position."""
+    probs = answer_logits(logits, pairs).float().softmax(-1)
+    rows = torch.arange(probs.shape[0], device=probs.device)
+    return probs[rows, pairs.answer.to(probs.device)]
+
+
+def kl_div(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    pairs: PromptPairs,
+    reference: Float[Tensor, "batch d_vocab"],
+) -> Float[Tensor, " batch"]:
+    """KL(reference || model) of the next-token distributions at the answer position.
+
+    ``reference`` holds answer-position logits, usually the clean run's.
+    """
+    log_p = answer_logits(logits, pairs).float().log_softmax(-1)
+    log_q = reference.to(log_p.device).float().log_softmax(-1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)
+
+
+def normalized_logit_diff(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    pairs: PromptPairs,
+    clean: float,
+    corrupted: float,
+) -> Float[Tensor, " batch"]:
+    """(logit diff - corrupted) / (clean - corrupted): 1 at the clean run's mean logit diff,
+    0 at the corrupted run's. ``clean`` and ``corrupted`` are batch means, so the batch mean
+    of this metric is the usual normalised score."""
+    return (logit_diff(logits, pairs) - corrupted) / (clean - corrupted)

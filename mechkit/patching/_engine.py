@@ -1,0 +1,281 @@
+"""The activation patching engine: many patches per forward pass, each starting where it acts.
+
+For every (cell, prompt) the engine finds the earliest query position ``s`` the patch can
+change (the first position where the patched-in values differ from the run's own; a cell
+that changes nothing is a no-op and keeps the unpatched value). Causal attention leaves
+positions < ``s`` untouched, so a patched forward
+
+1. starts at the patched layer ``L`` from the cached ``blocks.L.hook_resid_pre`` (what
+   ``model(resid, start_at_layer=L)`` needs), restricted to positions ``s..``;
+2. feeds each block the unpatched run's keys/values for positions < ``s`` through
+   TransformerLens's own key-value cache entries (so rotary offsets, GQA, QK-norm and
+   attention masks are handled by TransformerLens itself);
+3. stacks many (cell, prompt) items along the batch, chunked to a memory budget;
+4. unembeds only what the metric reads (the two answer columns for the logit-diff family).
+
+Every step is exact: results equal one full forward per cell up to float rounding.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as KVEntry
+
+from mechkit._types import PromptPairs
+from mechkit.errors import HookNameError, ShapeError
+from mechkit.patching._metrics import BoundMetric, MetricLike, bind_metric, metric_scope, project
+from mechkit.patching._sweeps import FEATURE_AXES, Sweep, cell_coords, cell_masks
+
+DIRECTIONS = ("denoising", "noising")
+DEFAULT_MEMORY_GIB = 1.0
+
+
+@dataclass
+class Run:
+    """One forward pass's cached state, everything a patched forward resumes from.
+
+    ===========  ================================  =====================================
+    field        shape                             meaning
+    ===========  ================================  =====================================
+    resid_pre    n_layers x [batch, pos, d_model]  input of each block
+    keys/values  n_layers x [batch, pos, kv, dh]   what each block's attention cached
+    acts         {hook: [batch, ...]}              activations of the patched hooks
+    final        [batch, pos, d_model]             output of the last block
+    ===========  ================================  =====================================
+    """
+
+    tokens: Tensor
+    resid_pre: list[Tensor]
+    keys: list[Tensor]
+    values: list[Tensor]
+    acts: dict[str, Tensor]
+    final: Tensor
+    shortformer: Tensor | None
+    attention_mask: Tensor | None
+
+
+@torch.no_grad()
+def forward_run(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], hooks: list[str]) -> Run:
+    """A full forward pass (block by block, as ``HookedTransformer.forward`` does), caching a Run."""
+    resid, tokens, shortformer, mask = model.input_to_embed(tokens)
+    acts: dict[str, Tensor] = {}
+
+    def save(act: Tensor, hook) -> None:
+        acts[hook.name] = act
+
+    resid_pre, keys, values = [], [], []
+    with model.hooks(fwd_hooks=[(h, save) for h in hooks]):
+        for block in model.blocks:
+            entry = KVEntry.init_cache_entry(model.cfg, resid.device, resid.shape[0])
+            resid_pre.append(resid)
+            resid = block(resid, shortformer_pos_embed=shortformer, past_kv_cache_entry=entry, attention_mask=mask)
+            keys.append(entry.past_keys)
+            values.append(entry.past_values)
+    return Run(tokens, resid_pre, keys, values, acts, resid, shortformer, mask)
+
+
+def check_pairs(model: HookedTransformer, pairs: PromptPairs) -> PromptPairs:
+    if not isinstance(pairs, PromptPairs):
+        raise ShapeError(f"expected PromptPairs, got {type(pairs).__name__}: build one or use mechkit.patching.read_pairs")
+    if len(pairs) == 0:
+        raise ShapeError("no prompt pairs: pass at least one")
+    if pairs.clean.shape[1] > model.cfg.n_ctx:
+        raise ShapeError(f"prompts have {pairs.clean.shape[1]} tokens but the model's context is {model.cfg.n_ctx}: shorten them")
+    return pairs.to(model.cfg.device)
+
+
+def check_direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise ShapeError(f"unknown direction {direction!r}: use 'denoising' (corrupted run, clean patches) or 'noising'")
+    return direction
+
+
+def split_direction(pairs: PromptPairs, direction: str) -> tuple[Tensor, Tensor]:
+    """(tokens of the run patched into, tokens of the run patches come from)."""
+    if check_direction(direction) == "denoising":
+        return pairs.corrupted, pairs.clean
+    return pairs.clean, pairs.corrupted
+
+
+@dataclass
+class Context:
+    """A base run, a source run and the bound metric for one sweep over one batch."""
+
+    model: HookedTransformer
+    pairs: PromptPairs
+    base: Run
+    source: Run
+    metric: BoundMetric
+    base_values: Float[Tensor, " batch"]
+    base_logits: Tensor | None  # full logits of the base run, for full-scope metrics
+    clean_value: float
+    corrupted_value: float
+
+
+def prepare(
+    model: HookedTransformer, pairs: PromptPairs, direction: str, metric: MetricLike, hooks: list[str]
+) -> Context:
+    """Run the clean and corrupted prompts once and bind the metric."""
+    pairs = check_pairs(model, pairs)
+    for h in hooks:
+        if h not in model.hook_dict:
+            raise HookNameError(f"the model has no hook {h!r} (attention-only models have no MLP hooks): pick another sweep")
+    scope = metric_scope(metric)
+    base_tokens, source_tokens = split_direction(pairs, direction)
+    if scope != "full":  # positions after the last answer cannot change any score
+        length = int(pairs.answer_pos.max()) + 1
+        base_tokens, source_tokens = base_tokens[:, :length], source_tokens[:, :length]
+    base = forward_run(model, base_tokens, hooks)
+    source = forward_run(model, source_tokens, hooks)
+    with torch.no_grad():
+        base_last, _ = project(model, base.final, pairs, 0, "position")
+        source_last, _ = project(model, source.final, pairs, 0, "position")
+        clean_last, corrupted_last = (source_last, base_last) if direction == "denoising" else (base_last, source_last)
+        bound = bind_metric(metric, clean_last[:, 0], corrupted_last[:, 0], pairs)
+        rows = torch.arange(len(pairs), device=pairs.clean.device)
+        base_logits = None
+        if scope == "full":
+            base_logits, _ = project(model, base.final, pairs, 0, "full")
+        base_values = bound.score(*project(model, base.final, pairs, 0, scope), rows)
+        source_values = bound.score(*project(model, source.final, pairs, 0, scope), rows)
+    clean_values, corrupted_values = (source_values, base_values) if direction == "denoising" else (base_values, source_values)
+    return Context(
+        model, pairs, base, source, bound, base_values, base_logits,
+        clean_values.mean().item(), corrupted_values.mean().item(),
+    )
+
+
+def mask_shape(sweep: Sweep, act: Tensor) -> tuple[int, ...]:
+    """The activation's per-example shape without its feature axes."""
+    return tuple(n for a, n in zip(sweep.act_axes, act.shape[1:]) if a not in FEATURE_AXES)
+
+
+def _changes(
+    diff: torch.Tensor, coords: Tensor, shape: tuple[int, ...], pos_axis: int
+) -> tuple[Tensor, Tensor]:
+    """For each (cell, prompt): whether the patch changes anything, and the first position it changes.
+
+    diff: [batch, *mask] where base and source differ. Returns changed [cell, batch] and
+    first [cell, batch] (the sequence length where nothing changes).
+    """
+    n_pos = shape[pos_axis]
+    per = max(1, (1 << 24) // max(1, diff.numel()))
+    changed, first = [], []
+    for i in range(0, coords.shape[0], per):
+        hit = cell_masks(coords[i : i + per].to(diff.device), shape)[:, None] & diff[None]  # [c, batch, *mask]
+        other = tuple(2 + a for a in range(len(shape)) if a != pos_axis)
+        by_pos = hit.any(dim=other) if other else hit  # [c, batch, pos]
+        any_ = by_pos.any(-1)
+        changed.append(any_)
+        first.append(torch.where(any_, by_pos.to(torch.uint8).argmax(-1), n_pos))
+    return torch.cat(changed), torch.cat(first)
+
+
+def item_bytes(model: HookedTransformer, n_pos: int, full_len: int, scope: str, act_numel: int) -> int:
+    """A generous estimate of the activation memory one stacked item needs at its peak."""
+    cfg = model.cfg
+    d_mlp = cfg.d_mlp or 0
+    per_pos = 10 * cfg.d_model + 3 * d_mlp + 8 * cfg.n_heads * cfg.d_head + 3 * cfg.n_heads * full_len
+    if scope == "full":
+        per_pos += 2 * cfg.d_vocab
+    kv = 4 * full_len * (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
+    elt = torch.finfo(cfg.dtype).bits // 8
+    return elt * (n_pos * per_pos + kv + 2 * act_numel) + act_numel  # + bool mask
+
+
+def resume(
+    ctx: Context,
+    layer: int,
+    rows: Int[Tensor, " n"],
+    start: int,
+    hooks: list[tuple[str, object]],
+) -> Float[Tensor, "n pos d_model"]:
+    """Run blocks ``layer..`` for base-run rows ``rows`` from position ``start`` on, with ``hooks``.
+
+    Positions < ``start`` are taken as unchanged: their keys and values come from the base run.
+    """
+    model, base = ctx.model, ctx.base
+    resid = base.resid_pre[layer][rows, start:]
+    shortformer = base.shortformer[rows, start:] if base.shortformer is not None else None
+    mask = base.attention_mask[rows] if base.attention_mask is not None else None
+    with model.hooks(fwd_hooks=hooks):
+        for i in range(layer, model.cfg.n_layers):
+            entry = KVEntry(base.keys[i][rows, :start], base.values[i][rows, :start], frozen=True)
+            resid = model.blocks[i](resid, shortformer_pos_embed=shortformer, past_kv_cache_entry=entry, attention_mask=mask)
+    return resid
+
+
+def score(ctx: Context, resid: Tensor, rows: Tensor, start: int) -> Float[Tensor, " n"]:
+    """Metric values of patched runs whose final residual covers positions ``start..``."""
+    pairs = ctx.pairs[rows]
+    logits, scored_pairs = project(ctx.model, resid, pairs, start, ctx.metric.scope)
+    if ctx.metric.scope == "full":
+        logits = torch.cat([ctx.base_logits[rows, :start], logits], dim=1)
+    return ctx.metric.score(logits, scored_pairs, rows)
+
+
+@torch.no_grad()
+def run_sweep(
+    ctx: Context,
+    sweep: Sweep,
+    layers: list[int],
+    keep: dict[str, list[int]],
+    memory_bytes: int,
+    progress: bool | None,
+) -> Float[Tensor, "layer ..."]:
+    """Patch every cell of ``sweep`` (one layer at a time) and return the mean metric per cell."""
+    model, base, source = ctx.model, ctx.base, ctx.source
+    answer_pos = ctx.pairs.answer_pos
+    scoped = ctx.metric.scope != "full"
+    plans = []
+    for layer in layers:
+        hook = sweep.hook_name(layer)
+        b_act, s_act = base.acts[hook], source.acts[hook]
+        shape = mask_shape(sweep, b_act)
+        sizes = dict(zip(sweep.mask_axes, shape))
+        sizes.update({a: ctx.pairs.clean.shape[1] for a in ("pos", "dest_pos", "src_pos")})
+        coords = cell_coords(sizes, sweep, keep)
+        # cells at positions past a truncated run get all-false masks: they change nothing
+        feat = tuple(1 + i for i, a in enumerate(sweep.act_axes) if a in FEATURE_AXES)
+        diff = (b_act != s_act).any(dim=feat) if feat else b_act != s_act  # [batch, *mask]
+        changed, first = _changes(diff, coords, shape, sweep.pos_axis)
+        if scoped:
+            changed &= first <= answer_pos[None]
+        cell, row = changed.nonzero(as_tuple=True)
+        start = first[cell, row]
+        order = torch.argsort(start, stable=True)
+        plans.append((layer, hook, shape, coords, cell[order], row[order], start[order]))
+
+    values = [ctx.base_values[None].repeat(p[3].shape[0], 1) for p in plans]  # [cell, batch] per layer
+    total = sum(p[4].numel() for p in plans)
+    bar = tqdm(total=total, desc=f"patching {sweep.name}", unit="patch", delay=1.0,
+               disable=progress is False or total == 0, leave=False)
+    for k, (layer, hook, shape, coords, cells, rows, starts) in enumerate(plans):
+        s_act = source.acts[hook]
+        n_feat = len(sweep.act_axes) - len(shape)
+        i = 0
+        while i < cells.numel():
+            start = int(starts[i])
+            n_pos = shape[sweep.pos_axis] - start
+            full_len = base.tokens.shape[1]
+            per_item = item_bytes(model, base.tokens.shape[1] - start, full_len, ctx.metric.scope, s_act[0].numel())
+            n = max(1, min(cells.numel() - i, memory_bytes // per_item))
+            c, r = cells[i : i + n], rows[i : i + n]
+            pos_dim = 1 + sweep.pos_axis
+            mask = cell_masks(coords[c.cpu()].to(s_act.device), shape).narrow(pos_dim, start, n_pos)
+            mask = mask.reshape(*mask.shape, *([1] * n_feat))
+            src = s_act[r].narrow(pos_dim, start, n_pos)
+
+            def patch(act: Tensor, hook, mask=mask, src=src) -> Tensor:
+                return torch.where(mask, src, act)
+
+            resid = resume(ctx, layer, r, start, [(hook, patch)])
+            values[k][c, r] = score(ctx, resid, r, start)
+            bar.update(n)
+            i += n
+    bar.close()
+    return torch.stack([v.mean(1) for v in values])  # [layer, cell]
