@@ -58,7 +58,7 @@ def train_cmd(
     lr: float = typer.Option(3e-4),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
-    autocast: bool = typer.Option(False, help="bf16 autocast (GPU)"),
+    autocast: bool = typer.Option(None, "--autocast/--no-autocast", help="bf16 autocast (default: on for CUDA)"),
     checkpoint_every: int = typer.Option(0, help="steps between checkpoints (0: none)"),
     option: list[str] = typer.Option([], help="extra SAELens config field, KEY=JSON_VALUE; repeatable"),
 ) -> None:

@@ -13,6 +13,8 @@ resumed run ends with bitwise the same weights as an uninterrupted one.
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,8 @@ class TrainConfig:
     lr: float = 3e-4
     seed: int = 0
     device: str = "cpu"
-    autocast: bool = False  # bf16 autocast of the SAE forward pass (GPU)
+    autocast: bool | None = None  # bf16 autocast of the SAE forward pass; None: on for CUDA
+    tf32: bool = True  # TF32 matmuls on CUDA (no effect on CPU)
     normalize_activations: str = "none"  # or "expected_average_only_in"
     checkpoint_every: int = 0  # steps between checkpoints; 0 = none
     dead_feature_window: int = 1000  # steps without firing after which a feature counts as dead
@@ -89,6 +92,21 @@ def build_training_sae(cfg: TrainConfig, d_in: int, metadata: dict[str, Any] | N
     return sae_cls(sae_cfg)
 
 
+def _autocast(cfg: TrainConfig) -> bool:
+    return cfg.autocast if cfg.autocast is not None else torch.device(cfg.device).type == "cuda"
+
+
+@contextmanager
+def _matmul_precision(cfg: TrainConfig) -> Iterator[None]:
+    """TF32 for float32 matmuls on CUDA while training; the previous setting comes back after."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32 and torch.device(cfg.device).type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def _trainer_config(cfg: TrainConfig) -> SAETrainerConfig:
     return SAETrainerConfig(
         total_training_samples=cfg.steps * cfg.batch_size,
@@ -96,7 +114,7 @@ def _trainer_config(cfg: TrainConfig) -> SAETrainerConfig:
         lr=cfg.lr,
         lr_end=cfg.lr / 10,
         device=cfg.device,
-        autocast=cfg.autocast,
+        autocast=_autocast(cfg),
         dead_feature_window=cfg.dead_feature_window,
         feature_sampling_window=max(cfg.steps, 1),
         logger=LoggingConfig(log_to_wandb=False),
@@ -147,7 +165,8 @@ def train_sae(
         trainer.checkpoint_thresholds = [
             s - 1 for s in range(every, cfg.steps * cfg.batch_size, every) if s > trainer.n_training_samples
         ]
-    trainer.fit()
+    with _matmul_precision(cfg):
+        trainer.fit()
     sae.save_inference_model(str(out))
     save_file({"sparsity": trainer.log_feature_sparsity}, str(out / SPARSITY_FILENAME))
     return sae
