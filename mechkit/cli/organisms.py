@@ -1,0 +1,86 @@
+"""``mechkit organisms list | eval NAME | train NAME``."""
+
+from pathlib import Path
+
+import typer
+
+from mechkit.cli import app
+
+organisms_app = typer.Typer(help="Model organisms: tiny transformers with a known behaviour.", no_args_is_help=True)
+app.add_typer(organisms_app, name="organisms")
+
+
+def _check_name(name: str) -> None:
+    from mechkit.errors import SpecError, did_you_mean
+    from mechkit.organisms import list_organisms
+
+    if name not in list_organisms():
+        raise SpecError(f"unknown organism {name!r}: " + did_you_mean(name, list_organisms()))
+
+
+@organisms_app.command("list")
+def list_() -> None:
+    """List the organisms, whether each is shipped, and its card's held-out metrics."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from mechkit.models import organisms_dir
+    from mechkit.organisms import list_organisms
+
+    table = Table(title=f"organisms ({organisms_dir()})")
+    for col in ("name", "kind", "shipped", "held-out accuracy", "logit diff"):
+        table.add_column(col)
+    for name in list_organisms():
+        card_path = organisms_dir() / name / "card.json"
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        held = card.get("held_out", {})
+        table.add_row(name, "wired" if name.startswith("wired-") else "trained", "yes" if card else "no",
+                      str(held.get("accuracy", "-")), str(held.get("logit_diff", "-")))
+    Console().print(table)
+
+
+@organisms_app.command("eval")
+def eval_(
+    name: str = typer.Argument(..., help="organism name (mechkit organisms list)"),
+    n: int = typer.Option(1000, help="number of fresh held-out prompt pairs"),
+    seed: int = typer.Option(2024, help="seed of the held-out sample"),
+    device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
+) -> None:
+    """Accuracy and mean logit difference on a fresh held-out sample."""
+    from mechkit.models import load_model
+    from mechkit.organisms import task
+    from mechkit.organisms.train import evaluate
+
+    _check_name(name)
+    model = load_model(f"organism:{name}", device=device)
+    m = evaluate(model, task(name), n=n, seed=seed)
+    typer.echo(f"{name}: accuracy {m['accuracy']:.4f}  mean logit diff {m['logit_diff']:.3f}  "
+               f"corrupted-prompt accuracy {m['corrupted_accuracy']:.4f}  (n={n}, seed={seed}, held-out)")
+
+
+@organisms_app.command("train")
+def train_(
+    name: str = typer.Argument(..., help="organism name (mechkit organisms list)"),
+    steps: int = typer.Option(None, help="maximum training steps (default: the organism's spec)"),
+    seed: int = typer.Option(0, help="training seed"),
+    out: Path = typer.Option(None, help="output directory (default: the shipped organisms directory)"),
+    threads: int = typer.Option(2, help="CPU threads"),
+) -> None:
+    """Train (or, for wired organisms, construct) an organism and save it with its card."""
+    from mechkit.models import organisms_dir, save_organism
+
+    _check_name(name)
+    if name.startswith("wired-"):
+        from mechkit.organisms.wired import build
+
+        model, card = build(name, seed=seed)
+    else:
+        from mechkit.organisms.train import train
+
+        model, card = train(name, steps=steps, seed=seed, threads=threads)
+    path = save_organism(model, out if out is not None else organisms_dir() / name, card)
+    held = card["held_out"]
+    typer.echo(f"saved {name} to {path}: {card['steps']} steps, {card['wall_time_s']} s, held-out accuracy "
+               f"{held['accuracy']:.4f}, mean logit diff {held['logit_diff']:.3f}")
