@@ -18,3 +18,4 @@ from mechkit.models import (
 
 __version__ = "0.1.0"
 from mechkit.discovery import discover as discover  # noqa: E402
+from mechkit.artifacts import load_circuit as load_circuit, save_circuit as save_circuit  # noqa: E402

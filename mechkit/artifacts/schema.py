@@ -254,6 +254,3 @@ def schema_text() -> str:
 
     return json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
 
-
-if __name__ == "__main__":  # python -m mechkit.artifacts.schema > circuits/schema.json
-    print(schema_text(), end="")

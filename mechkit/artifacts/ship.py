@@ -2,6 +2,7 @@
 
     python -m mechkit.artifacts.ship                 # every organism under assets/organisms
     python -m mechkit.artifacts.ship induction --out circuits
+    python -m mechkit.artifacts.ship --schema-only    # just rewrite circuits/schema.json
 
 For each organism: EAP-IG scores on 64 training-split prompts of its task (the task named in
 its ``card.json``), then the smallest edge budget of 2%, 5%, 10%, 20%, 50% whose circuit reaches
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from mechkit._types import Circuit
 from mechkit.artifacts.io import save_circuit
+from mechkit.artifacts.schema import schema_text
 from mechkit.artifacts.verify import VerifyResult, verify_circuit
 from mechkit.errors import SpecError
 
@@ -122,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n", type=int, default=N_PROMPTS, help="prompts per split")
+    parser.add_argument("--schema-only", action="store_true", help="only write <out>/schema.json")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "schema.json").write_text(schema_text())
+    if args.schema_only:
+        return 0
     names = args.organisms or available_organisms()
     shipped = []
     for name in names:

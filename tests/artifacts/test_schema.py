@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_committed_schema_is_generated_one():
     committed = (ROOT / "circuits" / "schema.json").read_text()
-    assert committed == schema_text(), "regenerate: python -m mechkit.artifacts.schema > circuits/schema.json"
+    assert committed == schema_text(), "regenerate: python -m mechkit.artifacts.ship --schema-only"
 
 
 def test_schema_forbids_unknown_keys_everywhere():

@@ -51,3 +51,12 @@ def test_ship_pipeline_on_a_fresh_organism(tmp_path, monkeypatch):
     doc["faithfulness"][0]["value"] += 0.1
     path.write_text(json.dumps(doc))
     assert not verify_circuit(path).passed
+
+
+def test_schema_only_writes_the_schema(tmp_path):
+    from mechkit.artifacts import ship
+    from mechkit.artifacts.schema import schema_text
+
+    assert ship.main(["--out", str(tmp_path), "--schema-only"]) == 0
+    assert (tmp_path / "schema.json").read_text() == schema_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["schema.json"]
