@@ -13,6 +13,7 @@ Shapes: ``c`` circuits, ``n_fwd`` senders, ``n_bwd`` receivers (see :mod:`.graph
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import einops
 import torch
@@ -34,10 +35,14 @@ class AblationError(MechkitError, ValueError):
 
 @contextmanager
 def graph_hooks_enabled(model: HookedTransformer) -> Iterator[HookedTransformer]:
-    """Turn on per-head results, split q/k/v inputs, MLP inputs and ungrouped k/v heads;
-    restore every flag on exit."""
+    """Turn on split q/k/v inputs, MLP inputs and ungrouped k/v heads; restore every flag on exit.
+
+    Per-head outputs are computed from ``hook_z`` (one einsum with ``W_O``) rather than with
+    ``use_attn_result``: TransformerLens 3.9 builds that result by broadcasting to
+    [batch, pos, head, d_head, d_model], which made batched circuit runs ~5x slower.
+    """
     cfg = model.cfg
-    names = ["use_attn_result", "use_split_qkv_input", "ungroup_grouped_query_attention"]
+    names = ["use_split_qkv_input", "ungroup_grouped_query_attention"]
     if not cfg.attn_only:
         names.append("use_hook_mlp_in")
     old = {n: getattr(cfg, n) for n in names}
@@ -50,14 +55,28 @@ def graph_hooks_enabled(model: HookedTransformer) -> Iterator[HookedTransformer]
             setattr(cfg, n, v)
 
 
-def sender_hooks(graph: Graph) -> list[tuple[str, slice]]:
-    """(hook name, forward-index slice) of every sender group, in forward order."""
-    out = [("blocks.0.hook_resid_pre", slice(0, 1))]
+@dataclass(frozen=True)
+class SenderHook:
+    """One group of senders: ``hook`` is read; ``fwd`` their forward indices; ``layer`` is set
+    for heads, whose outputs are ``z @ W_O`` per head and which are patched at ``patch_hook``."""
+
+    hook: str
+    fwd: slice
+    layer: int | None = None
+
+    @property
+    def patch_hook(self) -> str:
+        return f"blocks.{self.layer}.hook_attn_out" if self.layer is not None else self.hook
+
+
+def sender_hooks(graph: Graph) -> list[SenderHook]:
+    """Every sender group, in forward order."""
+    out = [SenderHook("blocks.0.hook_resid_pre", slice(0, 1))]
     for layer in range(graph.n_layers):
         start = graph.head_fwd(layer)
-        out.append((f"blocks.{layer}.attn.hook_result", slice(start, start + graph.n_heads)))
+        out.append(SenderHook(f"blocks.{layer}.attn.hook_z", slice(start, start + graph.n_heads), layer))
         if graph.has_mlp:
-            out.append((f"blocks.{layer}.hook_mlp_out", slice(graph.mlp_fwd(layer), graph.mlp_fwd(layer) + 1)))
+            out.append(SenderHook(f"blocks.{layer}.hook_mlp_out", slice(graph.mlp_fwd(layer), graph.mlp_fwd(layer) + 1)))
     return out
 
 
@@ -85,6 +104,14 @@ def _ungrouped(new: Tensor, like: Tensor) -> Tensor:
     return new if like.ndim == 4 else new.squeeze(2)
 
 
+def _sender_value(model: HookedTransformer, sender: SenderHook, act: Tensor) -> Float[Tensor, "batch pos k d_model"]:
+    """What a sender group writes into the residual stream, one slot per sender."""
+    if sender.layer is None:
+        return _grouped(act)
+    w_o = model.blocks[sender.layer].attn.W_O  # [head, d_head, d_model]
+    return einops.einsum(act, w_o.to(act.dtype), "b p h e, h e d -> b p h d")
+
+
 @torch.no_grad()
 def sender_outputs(
     model: HookedTransformer, graph: Graph, tokens: Int[Tensor, "batch pos"]
@@ -92,11 +119,14 @@ def sender_outputs(
     """Every sender's output on ``tokens`` (an unmodified run)."""
     parts: list[Tensor] = []
 
-    def save(act: Tensor, hook) -> None:
-        parts.append(_grouped(act).detach())
+    def save(sender: SenderHook):
+        def hook(act: Tensor, hook) -> None:
+            parts.append(_sender_value(model, sender, act).detach())
+
+        return hook
 
     with graph_hooks_enabled(model):
-        model.run_with_hooks(tokens, fwd_hooks=[(name, save) for name, _ in sender_hooks(graph)])
+        model.run_with_hooks(tokens, fwd_hooks=[(s.hook, save(s)) for s in sender_hooks(graph)])
     return torch.cat(parts, dim=2)
 
 
@@ -121,16 +151,19 @@ def repeat_pairs(pairs: PromptPairs, times: int) -> PromptPairs:
     return pairs[torch.arange(len(pairs)).repeat(times)]
 
 
-def _edge_hooks(graph: Graph, ablated: Tensor, keep: Float[Tensor, "c n_fwd n_bwd"]) -> list:
+def _edge_hooks(model: HookedTransformer, graph: Graph, ablated: Tensor, keep: Float[Tensor, "c n_fwd n_bwd"]) -> list:
     n_circuits = keep.shape[0]
     drop = 1.0 - keep
-    deltas: list[Tensor] = []  # per sender group, [c, b, p, k, d], in forward order
+    # ablated outputs sender-major, [1 or b, k, p, d] per group, so the receiver einsum is a bmm
+    ablated_t = einops.rearrange(ablated, "b p f d -> b f p d")
+    deltas: list[Tensor] = []  # per sender group, [c, k, b, p, d], in forward order
     cat_cache: dict[int, Tensor] = {}
 
-    def on_sender(sl: slice):
+    def on_sender(sender: SenderHook):
         def hook(act: Tensor, hook) -> None:
-            a = einops.rearrange(_grouped(act), "(c b) p k d -> c b p k d", c=n_circuits)
-            deltas.append(ablated[:, :, sl].unsqueeze(0) - a)
+            out = einops.rearrange(_sender_value(model, sender, act), "(c b) p k d -> c k b p d", c=n_circuits)
+            abl = einops.rearrange(ablated_t[:, sender.fwd], "b k p d -> k b p d")
+            deltas.append(abl.unsqueeze(0) - out)
             cat_cache.clear()
 
         return hook
@@ -138,36 +171,58 @@ def _edge_hooks(graph: Graph, ablated: Tensor, keep: Float[Tensor, "c n_fwd n_bw
     def on_receiver(sl: slice, prefix: int):
         def hook(act: Tensor, hook) -> Tensor:
             if len(deltas) not in cat_cache:
-                cat_cache[len(deltas)] = torch.cat(deltas, dim=3)
-            # senders seen so far, [c, b, p, seen, d]; parallel blocks have run this layer's heads
-            # before its MLP reads, so keep the receiver's prefix only
-            delta = cat_cache[len(deltas)][:, :, :, :prefix]
-            if delta.shape[3] != prefix:  # a block order the graph does not describe
-                raise AblationError(f"receiver {hook.name} saw {delta.shape[3]} senders, expected {prefix}")
-            add = einops.einsum(delta, drop[:, :prefix, sl], "c b p f d, c f r -> c b p r d")
-            add = einops.rearrange(add, "c b p r d -> (c b) p r d")
+                cat_cache[len(deltas)] = torch.cat(deltas, dim=1)
+            # senders seen so far; parallel blocks have run this layer's heads before its MLP
+            # reads, so keep the receiver's prefix only
+            delta = cat_cache[len(deltas)][:, :prefix]
+            if delta.shape[1] != prefix:  # a block order the graph does not describe
+                raise AblationError(f"receiver {hook.name} saw {delta.shape[1]} senders, expected {prefix}")
+            add = einops.einsum(drop[:, :prefix, sl], delta, "c f r, c f b p d -> c r b p d")
+            add = einops.rearrange(add, "c r b p d -> (c b) p r d")
             return act + _ungrouped(add, act)
 
         return hook
 
-    hooks = [(name, on_sender(sl)) for name, sl in sender_hooks(graph)]
+    hooks = [(s.hook, on_sender(s)) for s in sender_hooks(graph)]
     hooks += [(name, on_receiver(sl, prefix)) for name, sl, prefix in receiver_hooks(graph)]
     return hooks
 
 
-def _node_hooks(graph: Graph, ablated: Tensor, keep: Float[Tensor, "c n_fwd"]) -> list:
+def _node_hooks(model: HookedTransformer, graph: Graph, ablated: Tensor, keep: Float[Tensor, "c n_fwd"]) -> list:
+    """Replace each dropped node's output by its ablated output (heads: inside hook_attn_out)."""
     n_circuits = keep.shape[0]
+    current: dict[int, Tensor] = {}
 
-    def on_sender(sl: slice):
-        def hook(act: Tensor, hook) -> Tensor:
-            a = einops.rearrange(_grouped(act), "(c b) p k d -> c b p k d", c=n_circuits)
-            drop = (1.0 - keep[:, sl])[:, None, None, :, None]
-            new = a + drop * (ablated[:, :, sl].unsqueeze(0) - a)
-            return _ungrouped(einops.rearrange(new, "c b p k d -> (c b) p k d"), act)
+    def change(sender: SenderHook, out: Tensor) -> Tensor:
+        a = einops.rearrange(out, "(c b) p k d -> c b p k d", c=n_circuits)
+        drop = (1.0 - keep[:, sender.fwd])[:, None, None, :, None]
+        return einops.rearrange(drop * (ablated[:, :, sender.fwd].unsqueeze(0) - a), "c b p k d -> (c b) p k d")
+
+    def on_z(sender: SenderHook):
+        def hook(act: Tensor, hook) -> None:
+            current[sender.layer] = change(sender, _sender_value(model, sender, act)).sum(2)
 
         return hook
 
-    return [(name, on_sender(sl)) for name, sl in sender_hooks(graph)]
+    def on_attn_out(sender: SenderHook):
+        def hook(act: Tensor, hook) -> Tensor:
+            return act + current.pop(sender.layer)
+
+        return hook
+
+    def on_output(sender: SenderHook):
+        def hook(act: Tensor, hook) -> Tensor:
+            return act + _ungrouped(change(sender, _grouped(act)), act)
+
+        return hook
+
+    hooks = []
+    for s in sender_hooks(graph):
+        if s.layer is None:
+            hooks.append((s.hook, on_output(s)))
+        else:
+            hooks += [(s.hook, on_z(s)), (s.patch_hook, on_attn_out(s))]
+    return hooks
 
 
 def run_masked(
@@ -187,7 +242,7 @@ def run_masked(
     n_circuits, batch = keep.shape[0], len(pairs)
     device = model.cfg.device
     keep = keep.to(device=device, dtype=ablated.dtype)
-    hooks = _edge_hooks(graph, ablated, keep) if keep.ndim == 3 else _node_hooks(graph, ablated, keep)
+    hooks = _edge_hooks(model, graph, ablated, keep) if keep.ndim == 3 else _node_hooks(model, graph, ablated, keep)
     tokens = pairs.clean.to(device).repeat(n_circuits, 1)
     with graph_hooks_enabled(model):
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
