@@ -130,6 +130,9 @@ def prepare(
         length = int(pairs.answer_pos.max()) + 1
         base_tokens, source_tokens = base_tokens[:, :length], source_tokens[:, :length]
     base = forward_run(model, base_tokens, hooks)
+    missing = [h for h in hooks if h not in base.acts]
+    if missing:
+        raise HookNameError(f"the model never runs hook {missing[0]!r} (attention-only models have no MLP): pick another sweep")
     source = forward_run(model, source_tokens, hooks)
     with torch.no_grad():
         base_last, _ = project(model, base.final, pairs, 0, "position")

@@ -64,6 +64,10 @@ def attribution_patch(
     with torch.no_grad():
         base_final = model(base_tokens, stop_at_layer=model.cfg.n_layers)
         source_run = _engine.forward_run(model, source_tokens, hooks)
+    missing = [h for h in hooks if h not in source_run.acts]
+    if missing:
+        raise _engine.HookNameError(f"the model never runs hook {missing[0]!r} (attention-only models have no MLP): pick another sweep")
+    with torch.no_grad():
         base_last = project(model, base_final, pairs, 0, "position")[0][:, 0]
         source_last = project(model, source_run.final, pairs, 0, "position")[0][:, 0]
     clean_last, corrupted_last = (source_last, base_last) if direction == "denoising" else (base_last, source_last)

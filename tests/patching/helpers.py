@@ -19,12 +19,12 @@ MODELS = {
 }
 
 
-def make_pairs(batch=3, n_pos=5, seed=0, ragged=False) -> PromptPairs:
+def make_pairs(batch=2, n_pos=4, seed=0, ragged=False) -> PromptPairs:
     g = torch.Generator().manual_seed(seed)
     clean = torch.randint(4, 60, (batch, n_pos), generator=g)
     corrupted = clean.clone()
     corrupted[:, 1] = torch.randint(4, 60, (batch,), generator=g)
-    corrupted[-1, 3] = 5
+    corrupted[-1, n_pos - 2] = 5
     answer_pos = torch.full((batch,), n_pos - 1)
     if ragged:
         answer_pos[0] = n_pos - 2
