@@ -18,13 +18,16 @@ UNK, BOS, EOS, PAD = range(4)
 
 
 def build_tokenizer(vocab: list[str], save_dir: str | Path):
-    """Build a word-level tokenizer over ``vocab`` (specials first), save it to ``save_dir`` and
-    return it reloaded from there with ``AutoTokenizer``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """Build a word-level tokenizer over ``vocab`` (specials first) that prepends ``<bos>``, save it
+    to ``save_dir`` and return it reloaded from there with ``AutoTokenizer``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(  # like TransformerLens: text -> <bos> + ids
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", BOS)]
+    )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
     )

@@ -108,14 +108,18 @@ class Task:
         )
 
     def generate_text(self, n: int, seed: int = 0, split: str = "test") -> list[dict[str, str]]:
-        """The same pairs as :meth:`generate`, as strings: ``{clean, corrupted, answer, wrong}``."""
+        """The same pairs as :meth:`generate`, as strings: ``{clean, corrupted, answer, wrong}``.
+
+        Prompts leave out the leading ``<bos>``: the task's tokenizer and ``model.to_tokens``
+        prepend it, giving back exactly the ids of :meth:`generate`.
+        """
         pairs = self.generate(n, seed, split)
         out = []
         for i in range(len(pairs)):
             end = int(pairs.answer_pos[i]) + 1
             out.append({
-                "clean": self.decode(pairs.clean[i, :end]),
-                "corrupted": self.decode(pairs.corrupted[i, :end]),
+                "clean": self.decode(pairs.clean[i, 1:end]),
+                "corrupted": self.decode(pairs.corrupted[i, 1:end]),
                 "answer": self.vocab[int(pairs.answer[i])],
                 "wrong": self.vocab[int(pairs.wrong[i])],
             })
@@ -143,7 +147,7 @@ class Task:
                 self._tokenizer_dir = shipped
             else:
                 root = Path(os.environ.get("MECHKIT_CACHE", Path(tempfile.gettempdir()) / "mechkit-cache"))
-                path = root / "tokenizers" / f"{self.family}-{vocab_digest(self.vocab)}"
+                path = root / "tokenizers" / f"{self.family}-{vocab_digest(self.vocab)}-bos"
                 if not (path / "tokenizer.json").is_file():
                     build_tokenizer(self.vocab, path)
                 self._tokenizer_dir = path
