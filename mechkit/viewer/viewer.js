@@ -67,14 +67,15 @@ function mechkitRender(root, data) {
   var QX = {q: -NODE_W / 3, k: 0, v: NODE_W / 3};
 
   function drawEdge(e) {
-    var a = pos[e[0]], b = pos[e[1]], rel = maxAbs > 0 ? Math.abs(e[3]) / maxAbs : 1;
+    var a = pos[e[0]], b = pos[e[1]];
+    var rel = maxAbs > 0 ? Math.sqrt(Math.abs(e[3]) / maxAbs) : 1;  // sqrt: weak edges stay visible
     var x1 = a.x, y1 = a.y - NODE_H / 2, x2 = b.x + (e[2] ? QX[e[2]] : 0), y2 = b.y + NODE_H / 2;
     var dy = Math.max(20, (y1 - y2) / 2);
     var path = el("path", {
       d: "M" + x1 + "," + y1 + " C" + x1 + "," + (y1 - dy) + " " + x2 + "," + (y2 + dy) + " " + x2 + "," + y2,
       "data-edge": e[5], "data-score": e[3], "data-in": e[4] ? "1" : "0",
       class: "mk-edge " + (e[3] >= 0 ? "mk-pos" : "mk-neg") + (e[4] ? " mk-in" : ""),
-      "stroke-width": (0.6 + 4.4 * rel).toFixed(2), "stroke-opacity": (0.2 + 0.8 * rel).toFixed(3)
+      "stroke-width": (0.6 + 4.4 * rel).toFixed(2), "stroke-opacity": (0.3 + 0.7 * rel).toFixed(3)
     }, edgeLayer);
     var title = el("title", {}, path);
     title.textContent = e[5] + "  score " + fmt(e[3]) + (e[4] ? "  (in circuit)" : "");
