@@ -25,7 +25,13 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from mechkit._types import Circuit, Faithfulness, PromptPairs
-from mechkit.discovery.forward import ABLATIONS, Metric, ablated_outputs, run_masked_chunked
+from mechkit.discovery.forward import (
+    ABLATIONS,
+    Metric,
+    ablated_outputs,
+    run_masked_chunked,
+    sender_outputs_and_logits,
+)
 from mechkit.discovery.graph import Graph
 from mechkit.discovery.scores import EdgeScores
 from mechkit.discovery.select import greedy_mask, prune_dangling, topn_mask
@@ -92,14 +98,34 @@ def run_edge_masks(
     metric: Metric | None = None,
     max_batch: int = 512,
 ) -> MaskedRun:
-    """Run every circuit in ``masks`` (plus the empty circuit) in batched forwards."""
+    """Run every circuit in ``masks`` (plus the empty circuit) in batched forwards.
+
+    Identical masks run once; the full graph is the clean run and, under resample ablation, the
+    empty graph is the corrupted run (the graph reproduces both), so neither needs a patched
+    forward.
+    """
     metric = metric or logit_diff
-    ablated = ablated_outputs(model, graph, pairs, ablation)
-    empty = torch.zeros(1, graph.n_edges, dtype=torch.bool)
-    keep = graph.to_matrix(torch.cat([empty, masks.to(torch.bool).cpu()]).float())
-    values = run_masked_chunked(model, graph, pairs, ablated, keep, metric, max_batch).cpu()
+    device = model.cfg.device
     with torch.no_grad():
-        clean = metric(model(pairs.clean.to(model.cfg.device)), pairs).float().cpu()
+        clean = metric(model(pairs.clean.to(device)), pairs).float().cpu()
+        if ablation == "resample":
+            ablated, corrupted_logits = sender_outputs_and_logits(model, graph, pairs.corrupted.to(device))
+            empty = metric(corrupted_logits, pairs).float().cpu()
+        else:
+            ablated, empty = ablated_outputs(model, graph, pairs, ablation), None
+    no_edges = torch.zeros(1, graph.n_edges, dtype=torch.bool)
+    unique, inverse = torch.unique(torch.cat([no_edges, masks.to(torch.bool).cpu()]).to(torch.uint8), dim=0, return_inverse=True)
+    unique = unique.to(torch.bool)
+    values = torch.empty(len(unique), len(pairs))
+    is_full, is_empty = unique.all(1), ~unique.any(1)
+    values[is_full] = clean
+    if empty is not None:
+        values[is_empty] = empty
+    todo = ~is_full & (~is_empty if empty is not None else torch.ones_like(is_full))
+    if todo.any():
+        keep = graph.to_matrix(unique[todo].float())
+        values[todo] = run_masked_chunked(model, graph, pairs, ablated, keep, metric, max_batch).cpu()
+    values = values[inverse]
     return MaskedRun(values[1:], clean, values[0], ablation)
 
 

@@ -112,11 +112,18 @@ def _sender_value(model: HookedTransformer, sender: SenderHook, act: Tensor) -> 
     return einops.einsum(act, w_o.to(act.dtype), "b p h e, h e d -> b p h d")
 
 
-@torch.no_grad()
 def sender_outputs(
     model: HookedTransformer, graph: Graph, tokens: Int[Tensor, "batch pos"]
 ) -> Float[Tensor, "batch pos n_fwd d_model"]:
     """Every sender's output on ``tokens`` (an unmodified run)."""
+    return sender_outputs_and_logits(model, graph, tokens)[0]
+
+
+@torch.no_grad()
+def sender_outputs_and_logits(
+    model: HookedTransformer, graph: Graph, tokens: Int[Tensor, "batch pos"]
+) -> tuple[Float[Tensor, "batch pos n_fwd d_model"], Float[Tensor, "batch pos d_vocab"]]:
+    """Every sender's output on ``tokens`` and the logits of that same (unmodified) run."""
     parts: list[Tensor] = []
 
     def save(sender: SenderHook):
@@ -126,8 +133,8 @@ def sender_outputs(
         return hook
 
     with graph_hooks_enabled(model):
-        model.run_with_hooks(tokens, fwd_hooks=[(s.hook, save(s)) for s in sender_hooks(graph)])
-    return torch.cat(parts, dim=2)
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(s.hook, save(s)) for s in sender_hooks(graph)])
+    return torch.cat(parts, dim=2), logits
 
 
 def ablated_outputs(
@@ -177,7 +184,10 @@ def _edge_hooks(model: HookedTransformer, graph: Graph, ablated: Tensor, keep: F
             delta = cat_cache[len(deltas)][:, :prefix]
             if delta.shape[1] != prefix:  # a block order the graph does not describe
                 raise AblationError(f"receiver {hook.name} saw {delta.shape[1]} senders, expected {prefix}")
-            add = einops.einsum(drop[:, :prefix, sl], delta, "c f r, c f b p d -> c r b p d")
+            weights = drop[:, :prefix, sl]
+            if not weights.requires_grad and not weights.any():
+                return act  # every edge into these receivers is kept
+            add = einops.einsum(weights, delta, "c f r, c f b p d -> c r b p d")
             add = einops.rearrange(add, "c r b p d -> (c b) p r d")
             return act + _ungrouped(add, act)
 
