@@ -8,7 +8,7 @@ The published JSON Schema (``circuits/schema.json``) is generated from these mod
 Document layout (keys in this order)::
 
     schema, mechkit_version, created, model{spec, fingerprint},
-    task{name, params, seed, n, split, data, data_sha256},
+    task{name, params, seed, n, split, source, source_sha256},
     method{name, hyperparameters}, selection, faithfulness[...],
     nodes[{name, in_circuit, score}], edges{count, n_in_circuit, items | names + sidecar}
 """
@@ -126,8 +126,10 @@ class TaskInfo(_Strict):
     seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
     n: Annotated[int, Field(ge=0)] | None = Field(default=None, description="number of prompts")
     split: Annotated[str, Field(max_length=64)] | None = None
-    data: Text | None = Field(default=None, description="path of a user prompt file, when not generated")
-    data_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    source: Text | None = Field(default=None, description="path of a user prompt file (mechkit.patching.read_pairs)")
+    source_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = Field(
+        default=None, description="sha256 of that file, checked by verify when present"
+    )
 
 
 class MethodInfo(_Strict):

@@ -6,7 +6,8 @@
 
 Steps: load the artifact; load the model from its spec (:func:`mechkit.load_model`) and compare
 its fingerprint with the recorded one (a mismatch fails unless ``allow_fingerprint_mismatch``);
-regenerate the prompts from the task spec (:func:`mechkit.organisms.regenerate`); re-evaluate
+regenerate the prompts from the task spec (:func:`mechkit.organisms.regenerate`, or
+:func:`mechkit.patching.read_pairs` when the task names a ``source`` prompt file); re-evaluate
 each recorded faithfulness with its ablation (:func:`mechkit.discovery.evaluate`) and pass when
 every value is within ``tolerance`` (absolute) of the recorded one.
 
@@ -113,6 +114,24 @@ def verify_circuit(
                    load_model, regenerate, evaluate, fingerprint, own_regenerate)
 
 
+def _read_source(artifact: Path, task: dict[str, Any], model: Any) -> PromptPairs:
+    """A user prompt file named by ``task["source"]``: as given, else next to the artifact."""
+    import hashlib
+
+    from mechkit.errors import DataError
+    from mechkit.patching import read_pairs
+
+    source = Path(task["source"])
+    if not source.is_absolute() and not source.exists():
+        source = artifact.parent / source
+    if not source.is_file():
+        raise DataError(f"prompt file {task['source']!r} not found (as given or next to the artifact)")
+    recorded = task.get("source_sha256")
+    if recorded and hashlib.sha256(source.read_bytes()).hexdigest() != recorded:
+        raise DataError(f"{source} changed since the circuit was measured (sha256 differs from source_sha256)")
+    return read_pairs(source, model)
+
+
 def _verify(path: Path, circuit: Circuit, tolerance: float, allow_mismatch: bool, device: str | None,
             load_model: Callable, regenerate: Callable, evaluate: Callable, fingerprint: Callable,
             own_regenerate: bool) -> VerifyResult:
@@ -127,14 +146,18 @@ def _verify(path: Path, circuit: Circuit, tolerance: float, allow_mismatch: bool
     if actual != circuit.model_fingerprint and not allow_mismatch:
         return fail("model weights differ from the ones the circuit was found in "
                     "(pass --allow-fingerprint-mismatch to evaluate anyway)", actual)
-    if not circuit.task.get("name") and not own_regenerate:
+    if "source" in circuit.task and not own_regenerate:
+        try:
+            pairs = _read_source(path, circuit.task, model)
+        except MechkitError as err:
+            return fail(f"cannot re-read the task prompts: {err}", actual)
+    elif not circuit.task.get("name") and not own_regenerate:
         return fail("the artifact records no task name: nothing to regenerate prompts from", actual)
-    if "data" in circuit.task and not own_regenerate:
-        return fail(f"task reads prompts from {circuit.task['data']!r}: verify regenerates organism tasks only", actual)
-    try:
-        pairs = regenerate(dict(circuit.task))
-    except MechkitError as err:
-        return fail(f"cannot regenerate the task prompts: {err}", actual)
+    else:
+        try:
+            pairs = regenerate(dict(circuit.task))
+        except MechkitError as err:
+            return fail(f"cannot regenerate the task prompts: {err}", actual)
     device_ = getattr(getattr(model, "cfg", None), "device", None)
     if device_ is not None:
         pairs = pairs.to(device_)

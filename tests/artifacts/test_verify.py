@@ -182,3 +182,45 @@ def test_taskless_artifact_fails_to_verify(tmp_path):
     fakes = Fakes()
     result = verify_circuit(path, load_model=fakes.load_model, evaluate=fakes.evaluate, fingerprint=fakes.fingerprint)
     assert not result.passed and "no task name" in result.reason
+
+
+def test_user_prompt_file_is_reread(tiny_organism_dir, tmp_path):
+    """A task read from a CSV (mechkit.patching.read_pairs) is re-read, checked by sha256, re-evaluated."""
+    import csv
+    import hashlib
+    import random
+
+    from mechkit.discovery import Graph, evaluate
+    from mechkit.models import fingerprint, load_model
+    from mechkit.patching import read_pairs
+
+    rng = random.Random(0)
+    csv_path = tmp_path / "pairs.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["clean", "corrupted", "answer", "wrong_answer"])
+        for _ in range(10):
+            a, b, c, d = (f"w{rng.randrange(60)}" for _ in range(4))
+            w.writerow([f"{a} {b} {c} {a}", f"{a} {d} {c} {a}", b, d])
+    model = load_model("organism:tiny", device="cpu")
+    pairs = read_pairs(csv_path, model)
+    graph = Graph.from_model(model)
+    keep = torch.zeros(graph.n_edges, dtype=torch.bool)
+    keep[::3] = True
+    base = make_circuit(model_fingerprint=fingerprint(model), edge_names=tuple(graph.edge_names),
+                        edge_scores=torch.linspace(-1, 1, graph.n_edges), in_circuit=keep, node_scores={},
+                        task={**pairs.task, "source": "pairs.csv",
+                              "source_sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest()},
+                        faithfulness=())
+    measured = evaluate(model, pairs, base, n_boot=0)
+    path = save_circuit(make_circuit(**{**base.__dict__, "faithfulness": (measured,)}), tmp_path / "c.circuit.json")
+
+    result = verify_circuit(path, device="cpu")
+    assert result.passed, result.lines()
+    assert result.checks[0].measured == pytest.approx(measured.value, abs=1e-5)
+    csv_path.write_text(csv_path.read_text() + "w1 w2 w3 w1,w1 w4 w3 w1,w2,w4\n")
+    changed = verify_circuit(path, device="cpu")
+    assert not changed.passed and "changed since the circuit was measured" in changed.reason
+    csv_path.unlink()
+    gone = verify_circuit(path, device="cpu")
+    assert not gone.passed and "not found" in gone.reason
