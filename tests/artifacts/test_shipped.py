@@ -16,9 +16,11 @@ def test_every_shipped_circuit_verifies():
     files = sorted(CIRCUITS.glob("*.circuit.json"))
     shipped = {p.name[: -len(".circuit.json")] for p in files}
     assert shipped == set(available_organisms()), "run: python -m mechkit.artifacts.ship"
-    readme = (CIRCUITS / "README.md").read_text() if files else ""
+    from mechkit.artifacts.ship import readme
+
+    assert (CIRCUITS / "README.md").read_text() == readme(CIRCUITS), "run: python -m mechkit.artifacts.ship"
     for path in files:
-        assert f"`{path.name}`" in readme, f"{path.name} is not listed in circuits/README.md"
+        assert f"`{path.name}`" in readme(CIRCUITS)
         result = verify_circuit(path, device="cpu")
         assert result.passed, "\n".join(result.lines())
         assert result.fingerprint_ok and result.checks
