@@ -226,7 +226,7 @@ def save_circuit(circuit: Circuit, path: str | os.PathLike, *, sidecar: bool | N
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed; scores must be finite numbers")
+    raise ValueError(f"{name} is not allowed: numbers must be finite")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

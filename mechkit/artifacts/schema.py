@@ -245,7 +245,7 @@ def first_error(err: Exception) -> str:
     if not callable(errors):
         return str(err).splitlines()[0]
     e = errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in e["loc"] if p not in ("function-after[_node_name(), constrained-str]",))
+    loc = ".".join(str(p) for p in e["loc"])
     msg = re.sub(r"^(Value|Assertion) error, ", "", e["msg"])
     return f"{loc or 'document'}: {msg}"
 
