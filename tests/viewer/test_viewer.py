@@ -113,3 +113,16 @@ def test_viewer_imports_no_model_code():
         text = py.read_text()
         for banned in ("transformer_lens", "mechkit.models", "mechkit.discovery", "mechkit.organisms", "load_model"):
             assert banned not in text, f"{py.name} imports {banned}"
+
+
+def test_edgeless_circuits_render(tmp_path, open_page):
+    nodes_only = make_circuit(edge_names=(), edge_scores=torch.zeros(0), in_circuit=torch.zeros(0, dtype=torch.bool),
+                              node_scores={"F:blocks.1.hook_resid_post:7": 0.5, "L0H1": -0.25}, task={})
+    empty = make_circuit(edge_names=(), edge_scores=torch.zeros(0), in_circuit=torch.zeros(0, dtype=torch.bool),
+                         node_scores={}, faithfulness=())
+    for i, c in enumerate((nodes_only, empty)):
+        page, errors = open_page(write_html(c, tmp_path / f"{i}.html"))
+        assert page.locator("svg [data-node]").count() == len(c.node_scores)
+        assert page.locator("svg [data-edge]").count() == 0
+        assert "top 0 of 0 edges" in page.locator(".mk-count").inner_text()
+        assert errors == []
