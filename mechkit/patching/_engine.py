@@ -221,6 +221,33 @@ def score(ctx: Context, resid: Tensor, rows: Tensor, start: int) -> Float[Tensor
     return ctx.metric.score(logits, scored_pairs, rows)
 
 
+def chunk_size(starts: list[int], i: int, length: int, cap: int, waste: float = 0.25) -> int:
+    """How many items (sorted by start) from ``i`` on to stack into one forward pass.
+
+    All items in a pass resume from the first one's start, so later starts compute a few
+    unchanged positions again. Take whole groups of equal starts while that recomputation
+    stays under ``waste`` of the useful work (fewer, larger passes; little padding), up to
+    ``cap`` items (the memory budget).
+    """
+    s0 = starts[i]
+    n = padded = useful = 0
+    j = i
+    while j < len(starts) and n < cap:
+        k = j
+        while k < len(starts) and starts[k] == starts[j]:
+            k += 1
+        k = min(k, i + cap)
+        add_useful = (k - j) * (length - starts[j])
+        add_padded = (k - j) * (length - s0)
+        if n and (padded + add_padded) - (useful + add_useful) > waste * (useful + add_useful):
+            break
+        n += k - j
+        padded += add_padded
+        useful += add_useful
+        j = k
+    return max(1, n)
+
+
 @torch.no_grad()
 def run_sweep(
     ctx: Context,
@@ -260,13 +287,14 @@ def run_sweep(
     for k, (layer, hook, shape, coords, cells, rows, starts) in enumerate(plans):
         s_act = source.acts[hook]
         n_feat = len(sweep.act_axes) - len(shape)
+        starts_list = starts.tolist()
         i = 0
         while i < cells.numel():
             start = int(starts[i])
             n_pos = shape[sweep.pos_axis] - start
             full_len = base.tokens.shape[1]
             per_item = item_bytes(model, base.tokens.shape[1] - start, full_len, ctx.metric.scope, s_act[0].numel())
-            n = max(1, min(cells.numel() - i, memory_bytes // per_item))
+            n = chunk_size(starts_list, i, full_len, max(1, memory_bytes // per_item))
             c, r = cells[i : i + n], rows[i : i + n]
             pos_dim = 1 + sweep.pos_axis
             mask = cell_masks(coords[c.cpu()].to(s_act.device), shape).narrow(pos_dim, start, n_pos)

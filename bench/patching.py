@@ -1,0 +1,251 @@
+"""Benchmark: mechkit's activation patching against TransformerLens, in the same run.
+
+    python bench/patching.py --out bench-patching.json [--device cuda] [--tl-seconds 60]
+
+For each model, kind of prompt pairs and sweep (head outputs by position, resid_pre) it
+times ``mechkit.patching`` and ``transformer_lens.patching`` on the same model and pairs,
+prints the speed-up and the largest difference between the two results, and writes a
+markdown table and a JSON record (machine, torch version, date).
+
+When TransformerLens would take longer than ``--tl-seconds`` it runs a random subset of its
+cells (one forward pass each) and extrapolates its time to all cells; the table says so.
+The difference column then compares that subset.
+
+Models: (a) the ``chekhov`` organism with its own task prompts (or, if it is not shipped
+here, a random 2-layer d_model=128 4-head model, marked in the table); (b) a random
+GPT-2-small-shaped model (12 layers x 12 heads, d_model 768, d_mlp 3072, vocab 50257),
+16 prompts x 16 tokens.
+
+Pairs: ``2-tok`` corrupts two tokens (positions 4 and 11, as a name swap would);
+``all-tok`` corrupts every token after BOS (the worst case for mechkit, which skips
+patches that change nothing and positions before the first change).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mechkit import metrics as M  # noqa: E402
+from mechkit._types import PromptPairs  # noqa: E402
+from mechkit.patching import SWEEPS, activation_patch  # noqa: E402
+
+SETTERS = {"head-out-by-pos": ("layer_pos_head_vector_patch_setter", "z", ("layer", "pos", "head")),
+           "resid-pre": ("layer_pos_patch_setter", "resid_pre", ("layer", "pos"))}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def gpt2_shaped(device: str):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257,
+                                  n_ctx=1024, act_fn="gelu_new", normalization_type="LN", seed=0, device=device)
+    return HookedTransformer(cfg).eval()
+
+
+def chekhov(device: str):
+    """(model, pairs, note): the organism and its task, or a random stand-in."""
+    try:
+        from mechkit.models import available_organisms, load_model
+
+        if "chekhov" in available_organisms():
+            model = load_model("organism:chekhov", device=device)
+            from mechkit.organisms import task
+
+            return model, task("chekhov").generate(16, seed=0), "organism:chekhov, its own task prompts"
+    except ImportError:
+        pass
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, d_vocab=64, n_ctx=32,
+                                  act_fn="gelu", normalization_type="LN", seed=0, device=device)
+    model = HookedTransformer(cfg).eval()
+    return model, random_pairs(16, 16, 64, "2-tok", device), "RANDOM 2-layer d128 4-head stand-in (chekhov not shipped)"
+
+
+def random_pairs(n: int, n_pos: int, vocab: int, kind: str, device: str) -> PromptPairs:
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(1, vocab, (n, n_pos), generator=g)
+    clean[:, 0] = 0  # BOS
+    corrupted = clean.clone()
+    where = [4, 11] if kind == "2-tok" else list(range(1, n_pos))
+    for p in where:
+        corrupted[:, p] = (clean[:, p] + torch.randint(1, vocab - 1, (n,), generator=g)) % (vocab - 1) + 1
+    answer, wrong = torch.randint(1, vocab, (2, n), generator=g)
+    return PromptPairs(clean, corrupted, answer, wrong, torch.full((n,), n_pos - 1)).to(device)
+
+
+def time_mechkit(model, pairs, sweep, device, repeats=1, layers=None):
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        result = activation_patch(model, pairs, sweep, "logit-diff", layers=layers, progress=False)
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best, result.values
+
+
+def time_tl(model, pairs, sweep, device, budget_s, layers=None):
+    """(seconds for all cells, measured or extrapolated; n cells run; max |diff| input)."""
+    import pandas as pd
+    from transformer_lens import patching
+
+    def metric(logits):
+        return M.logit_diff(logits, pairs).mean()
+
+    setter, act, axes = SETTERS[sweep]
+    sync(device)
+    t0 = time.perf_counter()
+    _, cache = model.run_with_cache(pairs.clean)
+    sync(device)
+    t_cache = time.perf_counter() - t0
+    n_pos = pairs.clean.shape[1]
+    sizes = {"layer": model.cfg.n_layers, "pos": n_pos, "head": model.cfg.n_heads}
+    layer_ids = torch.tensor(layers) if layers is not None else torch.arange(sizes["layer"])
+    grid = torch.cartesian_prod(layer_ids, *[torch.arange(sizes[a]) for a in axes[1:]]).reshape(-1, len(axes))
+    # time a few cells first, then decide whether the full sweep fits the budget
+    g = torch.Generator().manual_seed(1)
+    order = torch.randperm(grid.shape[0], generator=g)
+    probe = grid[order[:8]]
+    t_probe, _ = _tl_cells(model, pairs, probe, axes, setter, act, cache, metric, device)
+    per_cell = t_probe / probe.shape[0]
+    if per_cell * grid.shape[0] <= budget_s and layers is None:
+        sync(device)
+        t = time.perf_counter()
+        full = getattr(patching, SWEEPS[sweep].tl_name)(model, pairs.corrupted, cache, metric)
+        sync(device)
+        return t_cache + time.perf_counter() - t, grid.shape[0], grid, full.flatten(), False
+    k = max(8, min(grid.shape[0], int(budget_s / per_cell)))
+    cells = grid[order[:k]]
+    t_sub, vals = _tl_cells(model, pairs, cells, axes, setter, act, cache, metric, device)
+    del pd
+    return t_cache + t_sub / k * grid.shape[0], k, cells, vals, True
+
+
+def _tl_cells(model, pairs, cells, axes, setter, act, cache, metric, device):
+    import contextlib
+    import io
+
+    import pandas as pd
+    from transformer_lens import patching
+
+    df = pd.DataFrame(cells.numpy(), columns=list(axes))
+    sync(device)
+    t = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):
+        vals = patching.generic_activation_patch(model, pairs.corrupted, cache, metric, getattr(patching, setter),
+                                                 act, index_df=df)
+    sync(device)
+    return time.perf_counter() - t, vals
+
+
+def machine(device: str) -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "device": device, "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        info["mechkit_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["mechkit_commit"] = None
+    try:
+        import transformer_lens
+
+        info["transformer_lens"] = getattr(transformer_lens, "__version__", None)
+    except ImportError:
+        pass
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default="bench-patching.json")
+    ap.add_argument("--tl-seconds", type=float, default=60.0,
+                    help="run all of TransformerLens's cells if that takes at most this long, else extrapolate")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--models", default="chekhov,gpt2", help="comma-separated: chekhov, gpt2")
+    ap.add_argument("--gpt2-layers", default="",
+                    help="comma-separated layers: patch only these layers of the GPT-2-shaped model (slow CPUs)")
+    ap.add_argument("--pairs", default="2-tok,all-tok", help="comma-separated pair kinds for the GPT-2-shaped model")
+    args = ap.parse_args()
+    device = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    rows = []
+    jobs = []
+    gpt2_layers = [int(x) for x in args.gpt2_layers.split(",")] if args.gpt2_layers else None
+    if "chekhov" in args.models:
+        model, pairs, note = chekhov(device)
+        jobs.append(("chekhov", model, pairs.to(device), "task", note))
+    if "gpt2" in args.models:
+        model = gpt2_shaped(device)
+        for kind in args.pairs.split(","):
+            jobs.append(("gpt2-small-shaped", model, random_pairs(16, 16, 50257, kind, device), kind,
+                         "random weights, 16 prompts x 16 tokens"))
+    for name, model, pairs, kind, note in jobs:
+        layers = gpt2_layers if name.startswith("gpt2") else None
+        time_mechkit(model, pairs[:2], "resid-pre", device)  # warm-up
+        for sweep in ("head-out-by-pos", "resid-pre"):
+            ours_s, ours = time_mechkit(model, pairs, sweep, device, repeats=1 if device == "cpu" else 3,
+                                        layers=layers)
+            tl_s, n_run, cells, tl_vals, extrapolated = time_tl(model, pairs, sweep, device, args.tl_seconds, layers)
+            if layers is not None:  # ours holds only the chosen layers, in order
+                cells = cells.clone()
+                cells[:, 0] = torch.tensor([layers.index(int(x)) for x in cells[:, 0]])
+            ours_cells = ours.to(tl_vals.device)[tuple(cells.T)] if cells.shape[0] != ours.numel() else ours.flatten()
+            diff = (ours_cells.to(tl_vals.device) - tl_vals).abs().max().item()
+            n_cells = ours.numel()
+            row = {"model": name, "pairs": kind, "sweep": sweep, "cells": n_cells, "tl_cells_run": n_run,
+                   "tl_seconds": tl_s, "tl_extrapolated": extrapolated, "mechkit_seconds": ours_s,
+                   "speedup": tl_s / ours_s, "max_abs_diff": diff, "note": note,
+                   "shape": f"{pairs.clean.shape[0]}x{pairs.clean.shape[1]}",
+                   "layers": "all" if layers is None else ",".join(map(str, layers))}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    info = machine(device)
+    table = ["| model | pairs | sweep | cells | TransformerLens s | mechkit s | speed-up | max abs diff |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        tl = f"{r['tl_seconds']:.2f}" + (f" (extrapolated from {r['tl_cells_run']} cells)" if r["tl_extrapolated"] else "")
+        lay = "" if r["layers"] == "all" else f", layers {r['layers']}"
+        table.append(f"| {r['model']} ({r['shape']}{lay}) | {r['pairs']} | {r['sweep']} | {r['cells']} | {tl} | "
+                     f"{r['mechkit_seconds']:.2f} | {r['speedup']:.1f}x | {r['max_abs_diff']:.1e} |")
+    gpu = f", GPU {info['gpu']}" if info["gpu"] else ""
+    header = (f"device {device}{gpu}; CPU {info['cpu']} ({info['cpu_count']} cores, {info['torch_threads']} torch "
+              f"threads); torch {info['torch']}; {info['date']}")
+    notes = sorted({f"- {r['model']}: {r['note']}" for r in rows})
+    md = "\n".join([header, "", *table, "", *notes])
+    print(md)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"machine": info, "results": rows, "markdown": md}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
