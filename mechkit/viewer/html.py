@@ -40,6 +40,17 @@ def _row(node: Node, n_layers: int) -> int:
     return 2 * int(m.group(1)) + 2 if m else 1
 
 
+def _row_label(node: Node) -> str:
+    if node.kind in ("embed", "logits"):
+        return node.kind
+    if node.kind == "head":
+        return f"layer {node.layer} attn"
+    if node.kind == "mlp":
+        return f"layer {node.layer} MLP"
+    m = re.search(r"blocks\.(\d+)\.", node.name)
+    return f"layer {m.group(1)} features" if m else "features"
+
+
 def _label(node: Node) -> str:
     if node.kind == "feature":
         return f"F{node.head}"
@@ -106,6 +117,7 @@ def payload(circuit: Circuit) -> dict[str, Any]:
         "edges": [
             [edges[i].src, edges[i].dst, edges[i].qkv, scores[i], bool(keep[i]), circuit.edge_names[i]] for i in drawn
         ],
+        "row_labels": {str(_row(n, n_layers)): _row_label(n) for n in nodes},
         "budget": int(sum(keep)),
         "total_edges": len(edges),
     }

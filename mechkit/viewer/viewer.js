@@ -3,7 +3,7 @@
 function mechkitRender(root, data) {
   "use strict";
   var SVG = "http://www.w3.org/2000/svg";
-  var W = 960, ROW = 64, PAD = 28, NODE_W = 46, NODE_H = 20;
+  var W = 960, ROW = 64, PAD = 28, LEFT = 90, NODE_W = 46, NODE_H = 20;
 
   function el(tag, attrs, parent) {
     var e = document.createElementNS(SVG, tag);
@@ -28,17 +28,20 @@ function mechkitRender(root, data) {
   });
 
   // --- layout: one row per node row index, embed at the bottom, logits on top --------------
-  var rows = {}, maxRow = 0;
-  data.nodes.forEach(function (n) {
-    (rows[n.row] = rows[n.row] || []).push(n);
-    if (n.row > maxRow) maxRow = n.row;
-  });
+  // rows that hold no node (e.g. MLP rows of attention-only models) are dropped
+  var used = [];
+  data.nodes.forEach(function (n) { if (used.indexOf(n.row) < 0) used.push(n.row); });
+  used.sort(function (a, b) { return a - b; });
+  var rank = {};
+  used.forEach(function (r, i) { rank[r] = i; });
+  var rows = {}, maxRow = Math.max(0, used.length - 1);
+  data.nodes.forEach(function (n) { (rows[rank[n.row]] = rows[rank[n.row]] || []).push(n); });
   var H = PAD * 2 + maxRow * ROW + NODE_H;
   var pos = {};
   Object.keys(rows).forEach(function (r) {
-    var list = rows[r], step = (W - 2 * PAD) / list.length;
+    var list = rows[r], step = (W - LEFT - PAD) / list.length;
     list.forEach(function (n, i) {
-      pos[n.name] = {x: PAD + step * (i + 0.5), y: H - PAD - NODE_H / 2 - n.row * ROW};
+      pos[n.name] = {x: LEFT + step * (i + 0.5), y: H - PAD - NODE_H / 2 - rank[n.row] * ROW};
     });
   });
 
@@ -46,6 +49,12 @@ function mechkitRender(root, data) {
   root.querySelector(".mk-canvas").appendChild(svg);
   var edgeLayer = el("g", {class: "mk-edges"}, svg);
   var nodeLayer = el("g", {class: "mk-nodes"}, svg);
+
+  Object.keys(data.row_labels || {}).forEach(function (r) {
+    if (!(r in rank)) return;
+    var t = el("text", {x: 4, y: H - PAD - NODE_H / 2 - rank[r] * ROW, "dominant-baseline": "central", class: "mk-row"}, nodeLayer);
+    t.textContent = data.row_labels[r];
+  });
 
   var nodeEls = {};
   data.nodes.forEach(function (n) {

@@ -23,6 +23,10 @@ def test_page_draws_nodes_and_circuit_edges(tmp_path, open_page):
     assert drawn == {e.name for e in c.edges}
     assert page.locator("svg [data-edge][data-in='1']").count() == 5
     assert "top 5 of 46 edges" in page.locator(".mk-count").inner_text()
+    rows = page.eval_on_selector_all("svg .mk-row", "els => els.map(e => e.textContent)")
+    assert sorted(rows) == sorted(["embed", "layer 0 attn", "layer 0 MLP", "layer 1 attn", "layer 1 MLP", "logits"])
+    y = {n: page.locator(f"svg [data-node='{n}']").bounding_box()["y"] for n in ("embed", "L0H0", "M0", "L1H1", "logits")}
+    assert y["embed"] > y["L0H0"] > y["M0"] > y["L1H1"] > y["logits"]  # embed at the bottom, logits on top
     summary = page.locator(".mk-summary").inner_text()
     for text in ("organism:tiny", c.model_fingerprint, "induction", "eap-ig", "resample: 0.8750"):
         assert text in summary
