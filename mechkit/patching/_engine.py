@@ -11,7 +11,10 @@ positions < ``s`` untouched, so a patched forward
    TransformerLens's own key-value cache entries (so rotary offsets, GQA, QK-norm and
    attention masks are handled by TransformerLens itself);
 3. stacks many (cell, prompt) items along the batch, chunked to a memory budget;
-4. unembeds only what the metric reads (the two answer columns for the logit-diff family).
+4. unembeds only what the metric reads (the two answer columns for the logit-diff family);
+5. in the last block, where no attention reads a position any more, a patch after the
+   attention mixing (head outputs, queries, patterns, attn/MLP outputs) counts only at the
+   answer position, and its forward covers that position alone.
 
 Every step is exact: results equal one full forward per cell up to float rounding.
 """
@@ -31,6 +34,9 @@ from mechkit.patching._metrics import BoundMetric, MetricLike, bind_metric, metr
 from mechkit.patching._sweeps import FEATURE_AXES, Sweep, cell_coords, cell_masks
 
 DIRECTIONS = ("denoising", "noising")
+# Hooks of the last block that act on one position only (no attention reads them afterwards).
+LOCAL_IN_LAST_BLOCK = ("hook_z", "hook_q", "hook_pattern", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
+                       "hook_resid_post")
 DEFAULT_MEMORY_GIB = 1.0
 
 
@@ -158,16 +164,17 @@ def mask_shape(sweep: Sweep, act: Tensor) -> tuple[int, ...]:
 
 
 def _changes(
-    diff: torch.Tensor, coords: Tensor, shape: tuple[int, ...], pos_axis: int
-) -> tuple[Tensor, Tensor]:
-    """For each (cell, prompt): whether the patch changes anything, and the first position it changes.
+    diff: torch.Tensor, coords: Tensor, shape: tuple[int, ...], pos_axis: int, answer_pos: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """For each (cell, prompt): whether the patch changes anything, the first position it
+    changes (the sequence length where none), and whether it changes the answer position.
 
-    diff: [batch, *mask] where base and source differ. Returns changed [cell, batch] and
-    first [cell, batch] (the sequence length where nothing changes).
+    diff: [batch, *mask] where base and source differ. Returns three [cell, batch] tensors.
     """
     n_pos = shape[pos_axis]
     per = max(1, (1 << 24) // max(1, diff.numel()))
-    changed, first = [], []
+    ans = answer_pos.clamp(max=n_pos - 1)[None, :, None]
+    changed, first, at_answer = [], [], []
     for i in range(0, coords.shape[0], per):
         hit = cell_masks(coords[i : i + per].to(diff.device), shape)[:, None] & diff[None]  # [c, batch, *mask]
         other = tuple(2 + a for a in range(len(shape)) if a != pos_axis)
@@ -175,7 +182,8 @@ def _changes(
         any_ = by_pos.any(-1)
         changed.append(any_)
         first.append(torch.where(any_, by_pos.to(torch.uint8).argmax(-1), n_pos))
-    return torch.cat(changed), torch.cat(first)
+        at_answer.append(by_pos.gather(-1, ans.expand(by_pos.shape[0], -1, 1))[..., 0])
+    return torch.cat(changed), torch.cat(first), torch.cat(at_answer)
 
 
 def item_bytes(model: HookedTransformer, n_pos: int, full_len: int, scope: str, act_numel: int) -> int:
@@ -272,9 +280,13 @@ def run_sweep(
         # cells at positions past a truncated run get all-false masks: they change nothing
         feat = tuple(1 + i for i, a in enumerate(sweep.act_axes) if a in FEATURE_AXES)
         diff = (b_act != s_act).any(dim=feat) if feat else b_act != s_act  # [batch, *mask]
-        changed, first = _changes(diff, coords, shape, sweep.pos_axis)
+        changed, first, at_answer = _changes(diff, coords, shape, sweep.pos_axis, answer_pos)
         if scoped:
             changed &= first <= answer_pos[None]
+            if layer == model.cfg.n_layers - 1 and sweep.hook.split(".")[-1] in LOCAL_IN_LAST_BLOCK:
+                # no attention reads this position any more: only a patch at the answer counts
+                changed &= at_answer
+                first = answer_pos[None].expand_as(first)
         cell, row = changed.nonzero(as_tuple=True)
         start = first[cell, row]
         order = torch.argsort(start, stable=True)
@@ -290,7 +302,7 @@ def run_sweep(
         starts_list = starts.tolist()
         i = 0
         while i < cells.numel():
-            start = int(starts[i])
+            start = starts_list[i]
             n_pos = shape[sweep.pos_axis] - start
             full_len = base.tokens.shape[1]
             per_item = item_bytes(model, base.tokens.shape[1] - start, full_len, ctx.metric.scope, s_act[0].numel())

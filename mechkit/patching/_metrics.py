@@ -60,7 +60,8 @@ def metric_name(metric: MetricLike) -> str:
 
 def metric_scope(metric: MetricLike) -> str:
     """``columns``, ``position`` or ``full``: how much of the logits the metric reads."""
-    return SCOPES.get(metric_name(metric), "full") if not _is_user(metric) else "full"
+    name = metric_name(metric)
+    return "full" if _is_user(metric) else SCOPES[name]
 
 
 def _is_user(metric: MetricLike) -> bool:

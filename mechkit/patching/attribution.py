@@ -18,6 +18,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from mechkit._types import PromptPairs
+from mechkit.errors import HookNameError
 from mechkit.patching import _engine
 from mechkit.patching._labels import axis_labels
 from mechkit.patching._metrics import MetricLike, bind_metric, metric_name, metric_scope, project
@@ -57,7 +58,7 @@ def attribution_patch(
     hooks = [spec.hook_name(layer) for layer in layer_list]
     for h in hooks:
         if h not in model.hook_dict:
-            raise _engine.HookNameError(f"the model has no hook {h!r}: pick another sweep")
+            raise HookNameError(f"the model has no hook {h!r}: pick another sweep")
     base_tokens, source_tokens = _engine.split_direction(pairs, direction)
     scope = metric_scope(metric)
 
@@ -66,7 +67,7 @@ def attribution_patch(
         source_run = _engine.forward_run(model, source_tokens, hooks)
     missing = [h for h in hooks if h not in source_run.acts]
     if missing:
-        raise _engine.HookNameError(f"the model never runs hook {missing[0]!r} (attention-only models have no MLP): pick another sweep")
+        raise HookNameError(f"the model never runs hook {missing[0]!r} (attention-only models have no MLP): pick another sweep")
     with torch.no_grad():
         base_last = project(model, base_final, pairs, 0, "position")[0][:, 0]
         source_last = project(model, source_run.final, pairs, 0, "position")[0][:, 0]

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from mechkit._types import PromptPairs
-from mechkit.errors import HookNameError
 from mechkit.models import Component, component, input_hooks_enabled
 from mechkit.patching import _engine
 from mechkit.patching._labels import axis_labels
@@ -163,13 +162,9 @@ def _path_values(model, pairs, sender_sets, receivers, metric, receiver_input, d
         return values, None, None
     rows = torch.arange(n, device=pairs.clean.device)
     scope = bound.scope
-    b = bound.score(*_project_full(model, base.final, pairs, scope), rows).mean().item()
-    s = bound.score(*_project_full(model, source.final, pairs, scope), rows).mean().item()
+    b = bound.score(*project(model, base.final, pairs, 0, scope), rows).mean().item()
+    s = bound.score(*project(model, source.final, pairs, 0, scope), rows).mean().item()
     return values, *((b, s) if direction == "noising" else (s, b))
-
-
-def _project_full(model, final, pairs, scope):
-    return project(model, final, pairs, 0, scope)
 
 
 def _run_group(model, base, source, base_tokens, pairs, group, recv, bound, freeze_mlps, z_hooks, mlp_hooks) -> Tensor:
@@ -214,7 +209,7 @@ def _run_group(model, base, source, base_tokens, pairs, group, recv, bound, free
         model(tokens, stop_at_layer=_last_needed(model, recv))
 
     def patch_in(act: Tensor, hook) -> Tensor:
-        heads = [r.head if hook.name.endswith(("q_input",)) else r.kv_head
+        heads = [r.head if hook.name.endswith("q_input") else r.kv_head
                  for r, hs in recv if r.kind == "head" and hook.name in hs]
         if not heads:
             return cached[hook.name]
@@ -234,5 +229,3 @@ def _last_needed(model: HookedTransformer, recv) -> int:
     """Blocks run 2 must run: up to and including the deepest receiver's block."""
     return max(model.cfg.n_layers if r.kind == "logits" else r.layer + 1 for r, _ in recv)
 
-
-__all__ = ["PathError", "path_patch", "path_patch_heads", "HookNameError"]
