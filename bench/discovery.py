@@ -5,9 +5,11 @@
 For every organism under assets/organisms (missing ones are skipped with a note):
 
 - wired organisms (known circuit in card.json): node and edge AUROC of EAP-IG scores
-  (targets 1.0 and >= 0.95);
+  (targets 1.0 and >= 0.95). The table's AUROCs use zero ablation: a wired circuit also has
+  edges whose value is the same on clean and corrupted prompts (position-driven heads), which
+  no resample-ablation method can see; the JSON has the resample AUROCs too;
 - every organism: faithfulness of the EAP-IG circuit at 10% of edges, top-n and greedy
-  (target >= 0.9), Jaccard of its nodes with the oracle's smallest node set reaching 0.9
+  (target >= 0.9), the smallest top-n budget that reaches 0.9, Jaccard of its nodes with the oracle's smallest node set reaching 0.9
   (target >= 0.9), Pearson of EAP-IG against exact edge patching (target >= 0.9), CPR/CMD of
   the MIB faithfulness curve, time of full EAP-IG scoring (target <= 10 s on CPU), and time of
   the whole curve in units of one plain forward over the same prompts (target <= 20).
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from mechkit.discovery import (
     attribute,
@@ -33,7 +36,9 @@ from mechkit.discovery import (
     node_auroc,
     oracle,
 )
+from mechkit.discovery.evaluate import run_edge_masks
 from mechkit.discovery.ground_truth import GroundTruthError, circuit_nodes
+from mechkit.discovery.select import prune_dangling, topn_masks
 from mechkit.models import available_organisms, load_model, organisms_dir
 
 ORGANISMS = ("wired-induction", "wired-chekhov", "induction", "chekhov", "sandbagging")
@@ -77,7 +82,14 @@ def bench_one(name: str, n: int, seed: int) -> dict:
     if truth is not None:
         row.update(node_auroc=node_auroc(scores, truth), edge_auroc=edge_auroc(scores, truth))
 
-    curve, t_curve = timed(lambda: faithfulness_curve(model, pairs, scores))
+    if truth is not None:
+        zero = attribute(model, pairs, "eap-ig", ablation="zero")
+        row.update(
+            node_auroc_resample=row["node_auroc"], edge_auroc_resample=row["edge_auroc"],
+            node_auroc=node_auroc(zero, truth), edge_auroc=edge_auroc(zero, truth),
+        )
+
+    curve, t_curve = timed(lambda: faithfulness_curve(model, pairs, scores), repeats=3)
     row.update(
         curve=dict(zip(map(str, curve.fractions), curve.faithfulness)),
         cpr=curve.cpr, cmd=curve.cmd, curve_forwards=t_curve / t_forward, forward_s=t_forward,
@@ -89,6 +101,14 @@ def bench_one(name: str, n: int, seed: int) -> dict:
         row[f"faith10_{rule}_ci"] = (f.ci_low, f.ci_high)
         row[f"edges10_{rule}"] = int(circuit.in_circuit.sum())
         row[f"nodes10_{rule}"] = sorted(circuit_nodes(circuit.edge_names, circuit.in_circuit))
+
+    counts = list(range(1, scores.graph.n_edges + 1))
+    masks = prune_dangling(scores.graph, topn_masks(scores.scores, counts))
+    faith = run_edge_masks(model, scores.graph, pairs, masks).faithfulness()
+    reach = [n for n, f in zip(counts, faith.tolist()) if f >= 0.9]
+    if reach:
+        row.update(min_budget_f90=reach[0], min_budget_f90_frac=reach[0] / scores.graph.n_edges,
+                   min_budget_f90_kept=int(masks[reach[0] - 1].sum()))
 
     if row["n_nodes"] <= 16:
         found = oracle(model, pairs, target=0.9)
@@ -103,6 +123,7 @@ def bench_one(name: str, n: int, seed: int) -> dict:
     exact = attribute(model, pairs, "exact")
     row["pearson_exact"] = float(np.corrcoef(scores.scores.numpy(), exact.scores.numpy())[0, 1])
     row["pearson_exact_nodes"] = float(np.corrcoef(scores.node_scores.numpy(), exact.node_scores.numpy())[0, 1])
+    row["spearman_exact"] = float(spearmanr(scores.scores.numpy(), exact.scores.numpy())[0])
     return row
 
 
@@ -114,8 +135,10 @@ def print_table(rows: list[dict]) -> None:
     cols = [
         ("organism", "organism", "s"), ("node AUROC", "node_auroc", ".3f"), ("edge AUROC", "edge_auroc", ".3f"),
         ("F@10% top-n", "faith10_top-n", ".3f"), ("F@10% greedy", "faith10_greedy", ".3f"),
+        ("F>=0.9 at", "min_budget_f90_frac", ".1%"),
         ("Jacc(top-k,oracle)", "jaccard_topk", ".2f"), ("Jacc(circ,oracle)", "jaccard_circuit", ".2f"),
-        ("r(IG,exact)", "pearson_exact", ".3f"), ("CPR", "cpr", ".3f"), ("CMD", "cmd", ".3f"),
+        ("r(IG,exact)", "pearson_exact", ".3f"), ("rho(IG,exact)", "spearman_exact", ".3f"),
+        ("CPR", "cpr", ".3f"), ("CMD", "cmd", ".3f"),
         ("EAP-IG s", "eap_ig_s", ".2f"), ("curve/fwd", "curve_forwards", ".1f"),
     ]
     header = " | ".join(c[0] for c in cols)
@@ -131,7 +154,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="prompt pairs per organism")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--organisms", default=",".join(ORGANISMS), help="comma-separated organism names")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
