@@ -57,11 +57,19 @@ class FeatureAttribution:
     corrupted_mean: Float[Tensor, "pos feature"]
     n_pairs: int
 
-    def top(self, n: int, by: str = "negative") -> list[int]:
+    def top(self, n: int, by: str = "negative", present: str | None = None) -> list[int]:
         """The ``n`` features with the most negative scores (``by="negative"``: their corrupted
-        value lowers the metric), the most positive, or the largest magnitude (``"abs"``)."""
-        key = {"negative": -self.scores, "positive": self.scores, "abs": self.scores.abs()}[by]
-        return key.argsort(descending=True)[:n].tolist()
+        value lowers the metric), the most positive, or the largest magnitude (``"abs"``).
+
+        ``present="clean"`` keeps only features more active on clean than on corrupted prompts
+        (what the clean prompt has and the corrupted one lacks, e.g. a cue detector);
+        ``"corrupted"`` the reverse."""
+        key = {"negative": -self.scores, "positive": self.scores, "abs": self.scores.abs()}[by].clone()
+        if present is not None:
+            more = (self.clean_mean - self.corrupted_mean).sum(0)
+            key[(more <= 0) if present == "clean" else (more >= 0)] = -float("inf")
+        order = key.argsort(descending=True)[:n]
+        return order[key[order] > -float("inf")].tolist()
 
     def node_name(self, feature: int) -> str:
         return f"F:{self.hook}:{feature}"
