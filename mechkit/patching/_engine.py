@@ -12,9 +12,9 @@ positions < ``s`` untouched, so a patched forward
    attention masks are handled by TransformerLens itself);
 3. stacks many (cell, prompt) items along the batch, chunked to a memory budget;
 4. unembeds only what the metric reads (the two answer columns for the logit-diff family);
-5. in the last block, where no attention reads a position any more, a patch after the
-   attention mixing (head outputs, queries, patterns, attn/MLP outputs) counts only at the
-   answer position, and its forward covers that position alone.
+5. a one-position patch after the attention mixing (head outputs, queries, patterns,
+   attn/MLP outputs) changes only that position of its block's output: that block runs on
+   the one position, and in the last block only a patch at the answer position counts.
 
 Every step is exact: results equal one full forward per cell up to float rounding.
 """
@@ -34,7 +34,8 @@ from mechkit.patching._metrics import BoundMetric, MetricLike, bind_metric, metr
 from mechkit.patching._sweeps import FEATURE_AXES, Sweep, cell_coords, cell_masks
 
 DIRECTIONS = ("denoising", "noising")
-# Hooks of the last block that act on one position only (no attention reads them afterwards).
+# Hooks after a block's attention mixing: what they change stays on its position until the
+# next block (and for good in the last block, where no attention reads it any more).
 LOCAL_IN_LAST_BLOCK = ("hook_z", "hook_q", "hook_pattern", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
                        "hook_resid_post")
 DEFAULT_MEMORY_GIB = 1.0
@@ -204,19 +205,36 @@ def resume(
     rows: Int[Tensor, " n"],
     start: int,
     hooks: list[tuple[str, object]],
+    single: bool = False,
 ) -> Float[Tensor, "n pos d_model"]:
     """Run blocks ``layer..`` for base-run rows ``rows`` from position ``start`` on, with ``hooks``.
 
     Positions < ``start`` are taken as unchanged: their keys and values come from the base run.
+    ``single``: the hooks change block ``layer``'s output at position ``start`` only, so that
+    block runs on that one position and the next resumes from the base run's residual there.
     """
     model, base = ctx.model, ctx.base
-    resid = base.resid_pre[layer][rows, start:]
+    n_layers = model.cfg.n_layers
     shortformer = base.shortformer[rows, start:] if base.shortformer is not None else None
     mask = base.attention_mask[rows] if base.attention_mask is not None else None
+
+    def block(i: int, resid: Tensor) -> Tensor:
+        entry = KVEntry(base.keys[i][rows, :start], base.values[i][rows, :start], frozen=True)
+        pos_embed = shortformer[:, : resid.shape[1]] if shortformer is not None else None
+        return model.blocks[i](resid, shortformer_pos_embed=pos_embed, past_kv_cache_entry=entry, attention_mask=mask)
+
     with model.hooks(fwd_hooks=hooks):
-        for i in range(layer, model.cfg.n_layers):
-            entry = KVEntry(base.keys[i][rows, :start], base.values[i][rows, :start], frozen=True)
-            resid = model.blocks[i](resid, shortformer_pos_embed=shortformer, past_kv_cache_entry=entry, attention_mask=mask)
+        if single:
+            out = block(layer, base.resid_pre[layer][rows, start : start + 1])
+            if layer == n_layers - 1:
+                return out
+            resid = base.resid_pre[layer + 1][rows, start:].clone()
+            resid[:, :1] = out
+            layer += 1
+        else:
+            resid = base.resid_pre[layer][rows, start:]
+        for i in range(layer, n_layers):
+            resid = block(i, resid)
     return resid
 
 
@@ -225,7 +243,8 @@ def score(ctx: Context, resid: Tensor, rows: Tensor, start: int) -> Float[Tensor
     pairs = ctx.pairs[rows]
     logits, scored_pairs = project(ctx.model, resid, pairs, start, ctx.metric.scope)
     if ctx.metric.scope == "full":
-        logits = torch.cat([ctx.base_logits[rows, :start], logits], dim=1)
+        end = start + logits.shape[1]  # positions outside start..end are unchanged
+        logits = torch.cat([ctx.base_logits[rows, :start], logits, ctx.base_logits[rows, end:]], dim=1)
     return ctx.metric.score(logits, scored_pairs, rows)
 
 
@@ -300,23 +319,29 @@ def run_sweep(
         s_act = source.acts[hook]
         n_feat = len(sweep.act_axes) - len(shape)
         starts_list = starts.tolist()
+        # one query position per cell, at a hook whose effect stays on that position in its block
+        single = sweep.mask_axes[sweep.pos_axis] in sweep.index and sweep.hook.split(".")[-1] in LOCAL_IN_LAST_BLOCK
         i = 0
         while i < cells.numel():
             start = starts_list[i]
-            n_pos = shape[sweep.pos_axis] - start
             full_len = base.tokens.shape[1]
-            per_item = item_bytes(model, base.tokens.shape[1] - start, full_len, ctx.metric.scope, s_act[0].numel())
-            n = chunk_size(starts_list, i, full_len, max(1, memory_bytes // per_item))
+            n_pos = 1 if single else full_len - start
+            per_item = item_bytes(model, full_len - start, full_len, ctx.metric.scope, s_act[0].numel())
+            n = chunk_size(starts_list, i, full_len, max(1, memory_bytes // per_item), waste=0.0 if single else 0.25)
             c, r = cells[i : i + n], rows[i : i + n]
-            pos_dim = 1 + sweep.pos_axis
-            mask = cell_masks(coords[c.cpu()].to(s_act.device), shape).narrow(pos_dim, start, n_pos)
+            mask = cell_masks(coords[c.cpu()].to(s_act.device), shape)
+            src = s_act[r]
+            for a, axis in enumerate(sweep.mask_axes):  # cut to the positions this forward computes
+                if a == sweep.pos_axis:
+                    mask, src = mask.narrow(1 + a, start, n_pos), src.narrow(1 + a, start, n_pos)
+                elif axis == "src_pos":
+                    mask, src = mask.narrow(1 + a, 0, start + n_pos), src.narrow(1 + a, 0, start + n_pos)
             mask = mask.reshape(*mask.shape, *([1] * n_feat))
-            src = s_act[r].narrow(pos_dim, start, n_pos)
 
             def patch(act: Tensor, hook, mask=mask, src=src) -> Tensor:
                 return torch.where(mask, src, act)
 
-            resid = resume(ctx, layer, r, start, [(hook, patch)])
+            resid = resume(ctx, layer, r, start, [(hook, patch)], single)
             values[k][c, r] = score(ctx, resid, r, start)
             bar.update(n)
             i += n
