@@ -7,14 +7,14 @@
 Senders (the graph's *forward* nodes) write into the residual stream; receivers (its
 *backward* nodes) read from it:
 
-==========  ==========================================  =====================================
-node        sends (output hook)                         receives (input hook)
-==========  ==========================================  =====================================
-embed       ``blocks.0.hook_resid_pre``                 —
+==========  ============================================  =====================================
+node        sends (output hook)                           receives (input hook)
+==========  ============================================  =====================================
+embed       ``blocks.0.hook_resid_pre``                   —
 L3H7        ``blocks.3.attn.hook_z`` [.., 7, ..] @ W_O[7]  ``blocks.3.hook_{q,k,v}_input`` [.., 7, ..]
-M3          ``blocks.3.hook_mlp_out``                   ``blocks.3.hook_mlp_in``
-logits      —                                           ``blocks.{n-1}.hook_resid_post``
-==========  ==========================================  =====================================
+M3          ``blocks.3.hook_mlp_out``                     ``blocks.3.hook_mlp_in``
+logits      —                                             ``blocks.{n-1}.hook_resid_post``
+==========  ============================================  =====================================
 
 An edge joins a sender to a receiver it precedes: any earlier layer, embed to everything, and
 the heads of layer ``l`` to ``M<l>`` (not in parallel-attention blocks such as GPT-J/Pythia).

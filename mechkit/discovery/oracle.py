@@ -72,6 +72,7 @@ def oracle(
     n = len(names)
     chunk = max(1, max_batch // len(pairs))
     bar = tqdm(total=2**n, desc="oracle", disable=not progress, leave=False)
+    best, best_set = -float("inf"), ()
     for size in range(n + 1):
         best, best_set = -float("inf"), ()
         combos = itertools.combinations(range(n), size)
@@ -87,7 +88,7 @@ def oracle(
                 best, best_set = float(faith[i]), batch[i]
             evaluated += len(batch)
             bar.update(len(batch))
-        if best >= target or size == n:
-            bar.close()
-            return OracleResult(tuple(names[i] for i in best_set), best, target, best >= target, evaluated, ablation)
-    raise AssertionError("unreachable")  # pragma: no cover
+        if best >= target:
+            break
+    bar.close()  # the loop ends at the first size reaching the target, else with the full set
+    return OracleResult(tuple(names[i] for i in best_set), best, target, best >= target, evaluated, ablation)
