@@ -12,10 +12,10 @@ from tests.conftest import tiny_hooked
 from tests.discovery.conftest import random_pairs
 
 
-def mask_gradient_eap(model, pairs):
+def mask_gradient_eap(model, pairs, ablation="resample"):
     """auto-circuit's route: EAP = -d metric / d edge-mask at mask = 1 (mean over prompts)."""
     graph = Graph.from_model(model)
-    ablated = ablated_outputs(model, graph, pairs, "resample")
+    ablated = ablated_outputs(model, graph, pairs, ablation)
     keep = graph.real.float()[None].clone().requires_grad_(True)
     value = run_masked(model, graph, pairs, ablated, keep, logit_diff).sum()
     (grad,) = torch.autograd.grad(value, keep)
@@ -80,6 +80,21 @@ def test_eap_equals_mask_gradient(model, pairs):
     scores = attribute(model, pairs, "eap")
     torch.testing.assert_close(scores.scores, mask_gradient_eap(model, pairs), atol=1e-5, rtol=1e-4)
     assert scores.scores.abs().max() > 1e-3  # not trivially zero
+
+
+@pytest.mark.parametrize("ablation", ["mean", "zero"])
+def test_eap_equals_mask_gradient_under_other_ablations(model, pairs, ablation):
+    scores = attribute(model, pairs, "eap", ablation=ablation)
+    torch.testing.assert_close(scores.scores, mask_gradient_eap(model, pairs, ablation), atol=1e-5, rtol=1e-4)
+
+
+def test_eap_on_grouped_query_attention():
+    model = tiny_hooked(n_heads=4, d_head=4, n_key_value_heads=2, normalization_type="RMS", positional_embedding_type="rotary")
+    pairs = random_pairs()
+    scores = attribute(model, pairs, "eap")
+    assert "L0H3->L1H0<k>" in scores.edge_names
+    torch.testing.assert_close(scores.scores, mask_gradient_eap(model, pairs), atol=1e-5, rtol=1e-4)
+    assert not model.cfg.ungroup_grouped_query_attention
 
 
 @pytest.mark.parametrize("steps", [1, 3])
