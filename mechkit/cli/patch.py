@@ -32,7 +32,7 @@ def patch(
     seed: int = typer.Option(0, help="Seed for the organism's task prompts"),
     top: int = typer.Option(10, help="Print this many top cells"),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
-    memory_gib: float = typer.Option(1.0, help="Activation memory per stacked forward pass"),
+    memory_gib: float = typer.Option(2.0, help="Activation memory per stacked forward pass (GiB)"),
 ) -> None:
     """Patch every cell of a sweep, save the result and an offline HTML heatmap, print the top cells."""
     from pathlib import Path

@@ -38,7 +38,7 @@ DIRECTIONS = ("denoising", "noising")
 # next block (and for good in the last block, where no attention reads it any more).
 LOCAL_IN_LAST_BLOCK = ("hook_z", "hook_q", "hook_pattern", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
                        "hook_resid_post")
-DEFAULT_MEMORY_GIB = 1.0
+DEFAULT_MEMORY_GIB = 2.0
 
 
 @dataclass
@@ -248,6 +248,11 @@ def score(ctx: Context, resid: Tensor, rows: Tensor, start: int) -> Float[Tensor
     return ctx.metric.score(logits, scored_pairs, rows)
 
 
+def prefers_large_passes(device: torch.device) -> bool:
+    """Whether a forward pass's fixed cost (kernel launches) outweighs recomputing a few positions."""
+    return device.type != "cpu"
+
+
 def chunk_size(starts: list[int], i: int, length: int, cap: int, waste: float = 0.25) -> int:
     """How many items (sorted by start) from ``i`` on to stack into one forward pass.
 
@@ -288,6 +293,7 @@ def run_sweep(
     model, base, source = ctx.model, ctx.base, ctx.source
     answer_pos = ctx.pairs.answer_pos
     scoped = ctx.metric.scope != "full"
+    accelerator = prefers_large_passes(base.tokens.device)
     plans = []
     for layer in layers:
         hook = sweep.hook_name(layer)
@@ -319,15 +325,19 @@ def run_sweep(
         s_act = source.acts[hook]
         n_feat = len(sweep.act_axes) - len(shape)
         starts_list = starts.tolist()
-        # one query position per cell, at a hook whose effect stays on that position in its block
-        single = sweep.mask_axes[sweep.pos_axis] in sweep.index and sweep.hook.split(".")[-1] in LOCAL_IN_LAST_BLOCK
+        # One query position per cell, at a hook whose effect stays on that position in its
+        # block: run that block on the one position. This needs equal starts per forward, so
+        # accelerators (where each forward's fixed cost dominates) take fewer, larger passes.
+        single = (not accelerator and sweep.mask_axes[sweep.pos_axis] in sweep.index
+                  and sweep.hook.split(".")[-1] in LOCAL_IN_LAST_BLOCK)
+        waste = 0.0 if single else (1.0 if accelerator else 0.25)
         i = 0
         while i < cells.numel():
             start = starts_list[i]
             full_len = base.tokens.shape[1]
             n_pos = 1 if single else full_len - start
             per_item = item_bytes(model, full_len - start, full_len, ctx.metric.scope, s_act[0].numel())
-            n = chunk_size(starts_list, i, full_len, max(1, memory_bytes // per_item), waste=0.0 if single else 0.25)
+            n = chunk_size(starts_list, i, full_len, max(1, memory_bytes // per_item), waste)
             c, r = cells[i : i + n], rows[i : i + n]
             mask = cell_masks(coords[c.cpu()].to(s_act.device), shape)
             src = s_act[r]

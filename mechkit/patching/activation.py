@@ -15,7 +15,7 @@ Common arguments:
 - ``metric``: ``"logit-diff"`` (default), ``"normalized-logit-diff"``, ``"kl"``,
   ``"answer-prob"`` or a function ``(logits [batch, pos, d_vocab], pairs) -> [batch]``.
 - ``layers`` / ``positions``: restrict the sweep (positions apply to every position axis).
-- ``memory_gib``: activation memory per stacked forward pass (default 1 GiB).
+- ``memory_gib``: activation memory per stacked forward pass (default 2 GiB).
 - ``progress``: ``None`` shows a bar for sweeps that take over a second; ``False`` never.
 """
 

@@ -105,3 +105,16 @@ def test_identical_prompts_change_nothing():
     same = type(pairs)(pairs.clean, pairs.clean, pairs.answer, pairs.wrong, pairs.answer_pos)
     r = activation_patch(model, same, "head-out-by-pos", progress=False)
     assert torch.allclose(r.values, torch.full_like(r.values, r.clean_value), atol=1e-6)
+
+
+def test_accelerator_chunking_matches(monkeypatch):
+    """The large-pass policy used on GPUs (no one-position blocks, more padding) is exact too."""
+    from mechkit.patching import _engine
+
+    monkeypatch.setattr(_engine, "prefers_large_passes", lambda device: True)
+    model = MODELS["rotary"]()
+    pairs = make_pairs(batch=3, n_pos=6, ragged=True)
+    for sweep in ("head-out-by-pos", "head-pattern-dest-src-pos", "mlp-out"):
+        ours = activation_patch(model, pairs, sweep, progress=False)
+        ref = tl_sweep(SWEEPS[sweep].tl_name, model, pairs, M.logit_diff)
+        assert (ours.values - ref).abs().max() <= TOL, sweep
