@@ -1,6 +1,7 @@
 """Benchmark: mechkit's activation patching against TransformerLens, in the same run.
 
     python bench/patching.py --out bench-patching.json [--device cuda] [--tl-seconds 60]
+    python bench/patching.py --threads 1 --gpt2-layers 0,6,11 --out cpu.json   # a slow, shared CPU
 
 For each model, kind of prompt pairs and sweep (head outputs by position, resid_pre) it
 times ``mechkit.patching`` and ``transformer_lens.patching`` on the same model and pairs,
@@ -15,6 +16,11 @@ Models: (a) the ``chekhov`` organism with its own task prompts (or, if it is not
 here, a random 2-layer d_model=128 4-head model, marked in the table); (b) a random
 GPT-2-small-shaped model (12 layers x 12 heads, d_model 768, d_mlp 3072, vocab 50257),
 16 prompts x 16 tokens.
+
+``--gpt2-layers`` patches only some layers of the GPT-2-shaped model, in both libraries (on a
+slow CPU the full sweep takes TransformerLens hours); mechkit's cost per layer falls roughly
+linearly from layer 0 to the last, so 0,6,11 is a fair sample of the whole sweep.
+mechkit's time on CUDA is the best of three runs; TransformerLens's is one run of all cells.
 
 Pairs: ``2-tok`` corrupts two tokens (positions 4 and 11, as a name swap would);
 ``all-tok`` corrupts every token after BOS (the worst case for mechkit, which skips
