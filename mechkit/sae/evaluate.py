@@ -16,8 +16,11 @@ ce_recovered         (ce_zero - ce_spliced) / (ce_zero - ce_clean); 1.0 = lossle
 kl_spliced           mean KL(clean || spliced) of the next-token distributions, nats
 ===================  ==========================================================================
 
-Positions after a row's length (padding) are excluded everywhere; with ``skip_first`` the
-first position is neither replaced nor counted (for SAEs trained without BOS tokens).
+On token rows the cross-entropies are next-token losses at every position. On ``PromptPairs``
+(the organisms are trained on the answer alone) they are the loss of the task's answer at
+``answer_pos``: ``answer`` on clean prompts, ``wrong`` on corrupted ones; KL likewise. Positions
+after a row's length (padding) are excluded everywhere; with ``skip_first`` the first position
+is neither replaced nor counted (for SAEs trained without BOS tokens).
 """
 
 from dataclasses import asdict, dataclass
@@ -68,6 +71,7 @@ def evaluate_sae(
     """Measure ``sae`` on ``data`` (token rows, or PromptPairs: clean and corrupted prompts)."""
     hook = check_hook_name(model, sae_hook(sae, hook))
     tokens, lengths = _as_sequences(data)
+    answers = torch.cat([data.answer, data.wrong]) if isinstance(data, PromptPairs) else None
     device = model.cfg.device
     sae = sae.to(device)
     sq_err = sum_x = sum_x2 = l0 = 0.0
@@ -105,15 +109,18 @@ def evaluate_sae(
         l0 += stats["l0"].item()
         n_tok += stats["n"]
         fired |= stats["fired"]
-        # next-token predictions: position p predicts token p+1, both real
-        pred = torch.arange(batch.shape[1] - 1, device=device)[None] < (lens[:, None] - 1)
-        targets = batch[:, 1:]
-        logp_clean = logits_clean[:, :-1].log_softmax(-1)
+        width = batch.shape[1]
+        if answers is None:  # position p predicts token p + 1, both real
+            pred = torch.arange(width, device=device)[None] < (lens[:, None] - 1)  # [batch, pos]
+            targets = torch.cat([batch[:, 1:], batch[:, :1]], 1)  # last column unused
+        else:  # the task's answer at answer_pos (= length - 1)
+            pred = torch.arange(width, device=device)[None] == (lens[:, None] - 1)
+            targets = answers[start : start + batch_size].to(device)[:, None].expand(-1, width)
+        logp_clean = logits_clean.log_softmax(-1)
         for name, logits in (("clean", logits_clean), ("spliced", logits_spliced), ("zero", logits_zero)):
-            logp = logits[:, :-1].log_softmax(-1)
-            nll = -logp.gather(-1, targets[..., None])[..., 0]
+            nll = -logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
             ce[name] += nll[pred].sum().item()
-        logp_spliced = logits_spliced[:, :-1].log_softmax(-1)
+        logp_spliced = logits_spliced.log_softmax(-1)
         kl += (logp_clean.exp() * (logp_clean - logp_spliced)).sum(-1)[pred].sum().item()
         n_pred += int(pred.sum())
     total_var = sum_x2 - (sum_x.pow(2).sum().item() / n_tok)

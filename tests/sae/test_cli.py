@@ -53,9 +53,9 @@ def test_unknown_source_is_one_line_error(tiny_organism_dir, tmp_path, monkeypat
     assert err.startswith("error: unknown token source") and "\n" not in err
 
 
-STEPS = 800
+STEPS = 300
 TRAIN = ["--arch", "topk", "--k", "4", "--expansion", "8", "--steps", str(STEPS), "--batch-size", "32", "--lr", "0.003",
-         "--checkpoint-every", "20", "--seed", "3"]
+         "--checkpoint-every", "10", "--seed", "3"]
 
 
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
@@ -72,13 +72,13 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
     latest = killed / "checkpoints" / "latest.json"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and json.loads(latest.read_text())["step"] >= 40:
+        if latest.exists() and json.loads(latest.read_text())["step"] >= 20:
             break
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     step_at_kill = json.loads(latest.read_text())["step"]
-    assert 40 <= step_at_kill < STEPS and not (killed / "sae_weights.safetensors").exists()
+    assert 20 <= step_at_kill < STEPS and not (killed / "sae_weights.safetensors").exists()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the killed process, so float sums run in the same order
     try:

@@ -58,3 +58,17 @@ def test_zero_sae_recovers_nothing_and_matches_direct_computation():
     ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
     assert abs(r.ce_clean - ce.item()) < 1e-5
     assert "CE loss recovered" in str([c._cells for c in eval_table(r).columns])
+
+
+def test_prompt_pairs_score_the_answer_position():
+    from mechkit._types import PromptPairs
+
+    model, tokens = tiny_hooked(), _tokens()
+    pos = torch.tensor([11, 5, 8, 11, 3, 7, 9, 11, 6, 10])
+    pairs = PromptPairs(tokens[:5], tokens[5:], tokens[:5, 0], tokens[5:, 0], pos[:5])
+    r = evaluate_sae(model, _identity_sae(), pairs, batch_size=3)
+    assert abs(r.ce_recovered - 1) < 1e-4 and r.n_tokens == 2 * int((pos[:5] + 1).sum())
+    logits = model(torch.cat([pairs.clean, pairs.corrupted]))
+    at = logits[torch.arange(10), torch.cat([pairs.answer_pos, pairs.answer_pos])]
+    want = torch.nn.functional.cross_entropy(at, torch.cat([pairs.answer, pairs.wrong]))
+    assert abs(r.ce_clean - want.item()) < 1e-5
