@@ -104,9 +104,7 @@ def verify_circuit(
         return VerifyResult(str(path), False, tolerance, circuit.model_fingerprint, "",
                             reason="nothing to verify: the artifact records no faithfulness")
     own_regenerate = regenerate is not None
-    need = [f for f, given in (("load_model", load_model), ("regenerate", regenerate), ("evaluate", evaluate),
-                               ("fingerprint", fingerprint)) if given is None]
-    if need:
+    if None in (load_model, regenerate, evaluate, fingerprint):
         d_load, d_regen, d_eval, d_fp = _defaults()
         load_model, regenerate = load_model or d_load, regenerate or d_regen
         evaluate, fingerprint = evaluate or d_eval, fingerprint or d_fp
