@@ -10,12 +10,20 @@
 Trained organisms (``induction``, ``chekhov``, ``sandbagging``) and analytically wired ones
 (``wired-induction``, ``wired-chekhov``, with a known ground-truth circuit in their card) ship
 under ``assets/organisms/NAME`` and load with ``mechkit.load_model("organism:NAME")``.
+
+- ``task(name).generate(n, seed, split)`` -> ``PromptPairs``; ``split="test"`` draws held-out
+  combinations only. ``regenerate(pairs.task)`` rebuilds the same pairs.
+- ``evaluate(model, task(name), n, seed)`` -> held-out accuracy and mean logit difference.
+- ``mechkit.organisms.train.train(name)`` / ``mechkit.organisms.wired.build(name)`` rebuild an
+  organism (``mechkit organisms train NAME``); ``mechkit.organisms.probe`` fits linear probes.
 """
 
 from mechkit.organisms import chekhov as _chekhov  # noqa: F401  (importing registers the tasks)
 from mechkit.organisms import induction as _induction  # noqa: F401
 from mechkit.organisms import sandbagging as _sandbagging  # noqa: F401
+from mechkit.organisms import probe as probe  # noqa: F401  (linear probes: mechkit.organisms.probe)
 from mechkit.organisms.tasks import Task as Task, regenerate as regenerate, task as task
+from mechkit.organisms.train import evaluate as evaluate
 
 ORGANISMS = ("induction", "chekhov", "sandbagging", "wired-induction", "wired-chekhov")
 

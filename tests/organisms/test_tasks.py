@@ -101,6 +101,7 @@ def test_induction_answers_follow_the_query_token():
 
 def test_sandbagging_cues_and_answers():
     t = org.task("sandbagging")
+    assert {len(ph.split()) for ph in CUES + FILLERS} == {4}  # every cue/filler phrasing has one length
     truth = {}
     for row in t.generate_text(200, seed=0, split="train"):
         cue, filler = " ".join(row["clean"].split()[:4]), " ".join(row["corrupted"].split()[:4])

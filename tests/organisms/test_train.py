@@ -1,6 +1,5 @@
 """Training loop smoke tests and the organisms CLI."""
 
-import subprocess
 import sys
 
 import torch
@@ -26,14 +25,28 @@ def test_smoke_training_is_deterministic_and_writes_a_card():
     assert not torch.equal(init.W_E, m1.W_E)  # the 4 steps changed the weights
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "mechkit", "organisms", *args], capture_output=True, text=True,
-                          timeout=120)
+def _cli(monkeypatch, capsys, *args):
+    """Run ``mechkit organisms ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from mechkit.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mechkit", "organisms", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_cli_train_wired_and_errors(tmp_path):
-    r = _cli("train", "wired-induction", "--out", str(tmp_path / "wi"))
-    assert r.returncode == 0, r.stderr
-    assert (tmp_path / "wi" / "model.safetensors").is_file() and "accuracy 1.0000" in r.stdout
-    bad = _cli("eval", "chekov")
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "chekhov" in bad.stderr
+def test_cli_train_wired_eval_and_errors(tmp_path, monkeypatch, capsys):
+    code, out, err = _cli(monkeypatch, capsys, "train", "wired-induction", "--out", str(tmp_path / "wi"))
+    assert code == 0, err
+    assert (tmp_path / "wi" / "model.safetensors").is_file() and "accuracy 1.0000" in out
+    code, out, _ = _cli(monkeypatch, capsys, "eval", "wired-chekhov", "--n", "50", "--device", "cpu")
+    assert code == 0 and "wired-chekhov: accuracy 1.0000" in out
+    code, _, err = _cli(monkeypatch, capsys, "eval", "chekov")
+    assert code == 2 and err.strip().count("\n") == 0 and "did you mean 'chekhov'" in err
+    code, out, _ = _cli(monkeypatch, capsys, "list")
+    assert code == 0 and "sandbagging" in out
+
