@@ -1,7 +1,6 @@
 """``mechkit discover`` on a saved tiny organism."""
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import mechkit.cli.discover as cli_discover
@@ -56,5 +55,4 @@ def test_discover_command_needs_one_data_source(tiny_organism_dir):
 def test_save_reports_missing_artifacts(monkeypatch, tmp_path):
     monkeypatch.setitem(__import__("sys").modules, "mechkit.artifacts", None)
     assert cli_discover.save(object(), tmp_path) is None
-    assert not any(tmp_path.iterdir())
-    assert torch.tensor(1)  # the module stays importable without artifacts
+    assert not any(tmp_path.iterdir())  # nothing written without the artifact writer

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from mechkit.discovery import evaluate, oracle
+from mechkit.discovery import oracle
 from mechkit.discovery.acdc import ACDCError, acdc
 from mechkit.discovery.evaluate import run_edge_masks
 from mechkit.discovery.forward import ablated_outputs
