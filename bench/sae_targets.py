@@ -50,7 +50,7 @@ def run(name: str, args, out: Path) -> dict:
     t = task(name)
     train_pairs = t.generate(args.n_train, seed=0, split="train")
     test_pairs = t.generate(args.n_test, seed=1, split="test")
-    hooks = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers - 1)] + [
+    hooks = args.hooks or [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers - 1)] + [
         f"blocks.{model.cfg.n_layers - 1}.hook_resid_mid", f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
     cache = write_cache(model, train_pairs, out / name / "cache", hooks, batch_size=512, progress=False)
     result: dict = {"organism": name, "d_model": model.cfg.d_model, "hooks": {}}
@@ -64,7 +64,12 @@ def run(name: str, args, out: Path) -> dict:
         attr = attribute_features(model, sae, test_pairs, batch_size=256)
         chosen, reports = None, []
         for n in SIZES:
-            rep = intervention_report(model, sae, test_pairs, attr.top(n))
+            # sandbagging: features the cue prompt has and the plain one lacks; chekhov: both
+            # people's identity features count (the clean threatener's and the corrupted one's)
+            feats = attr.top(n, present="clean" if name == "sandbagging" else None)
+            if len(feats) < n and reports:
+                break
+            rep = intervention_report(model, sae, test_pairs, feats)
             reports.append(asdict(rep))
             if passes(name, rep):
                 chosen = rep
@@ -83,7 +88,8 @@ def run(name: str, args, out: Path) -> dict:
         print(json.dumps({name: {hook: {k: entry["eval"][k] for k in ("explained_variance", "ce_recovered",
                                                                       "dead_fraction", "l0")},
                                  "passes": entry["passes"], "n_features": len(entry["features"] or [])}}), flush=True)
-    best = max(hooks, key=lambda h: (result["hooks"][h]["passes"], -len(result["hooks"][h]["features"] or [0] * 99)))
+    best = max(hooks, key=lambda h: (result["hooks"][h]["passes"], -len(result["hooks"][h]["features"] or [0] * 99),
+                                     result["hooks"][h]["eval"]["explained_variance"]))
     sae = load_sae(out / name / "saes" / best, device=args.device)
     stats = feature_stats(model, sae, test_pairs)
     feats = result["hooks"][best]["features"] or stats.most_frequent(10)
@@ -97,6 +103,7 @@ def run(name: str, args, out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--organisms", nargs="+", default=["sandbagging", "chekhov"])
+    ap.add_argument("--hooks", nargs="+", default=None, help="default: every residual stream between blocks")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="mechkit-out/sae_targets")
     ap.add_argument("--n-train", type=int, default=8192)
