@@ -63,6 +63,8 @@ def attribute(
     Methods: ``eap``, ``eap-ig`` (``ig_steps``, default 5), ``exact``. ``metric(logits, pairs)``
     returns one value per prompt (default: logit difference).
     """
+    if method in SELECTING:
+        raise MethodError(f"{method} selects edges itself rather than scoring them: use discover(model, pairs, method={method!r})")
     entry = get_method(method)
     options = _check_options(method, entry.defaults, hyperparameters)
     graph = Graph.from_model(model)

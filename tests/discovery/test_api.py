@@ -59,6 +59,8 @@ def test_discover_rejects_unknown_names(model, pairs):
         discover(model, pairs, method="acdcc")
     with pytest.raises(MethodError, match="tau"):
         discover(model, pairs, method="oracle", tau=0.1)
+    with pytest.raises(MethodError, match="use discover"):
+        attribute(model, pairs, "acdc")
 
 
 def test_auroc_and_jaccard():
