@@ -55,9 +55,11 @@ def eval_(
 
     _check_name(name)
     model = load_model(f"organism:{name}", device=device)
-    m = evaluate(model, task(name), n=n, seed=seed)
-    typer.echo(f"{name}: accuracy {m['accuracy']:.4f}  mean logit diff {m['logit_diff']:.3f}  "
-               f"corrupted-prompt accuracy {m['corrupted_accuracy']:.4f}  (n={n}, seed={seed}, held-out)")
+    t = task(name)
+    m = evaluate(model, t, n=n, seed=seed)
+    clean_label, corrupted_label = t.accuracy_labels
+    typer.echo(f"{name}: {clean_label} {m['accuracy']:.4f}  mean logit diff {m['logit_diff']:.3f}  "
+               f"{corrupted_label} {m['corrupted_accuracy']:.4f}  (n={n}, seed={seed}, held-out)")
 
 
 @organisms_app.command("train")

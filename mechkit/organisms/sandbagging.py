@@ -43,6 +43,7 @@ class SandbaggingTask(Task):
     family = "sandbagging"
     defaults = {"n_entities": 24, "held_out_every": 3}
     train_on_corrupted = True
+    accuracy_labels = ("sandbagged with cue", "truthful without cue")
 
     def words(self) -> list[str]:
         n = self.params["n_entities"]

@@ -49,6 +49,8 @@ class Task:
     family: str = ""
     defaults: dict[str, Any] = {}
     train_on_corrupted: bool = False  # also train on corrupted prompts (answer = ``wrong``)
+    # what accuracy on the clean and on the corrupted prompts means, for reports
+    accuracy_labels: tuple[str, str] = ("accuracy", "corrupted-prompt accuracy")
 
     def __init__(self, name: str, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))

@@ -11,6 +11,7 @@ is spread over every next token). It stops early once a fresh training-split sam
 
 import platform
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -196,16 +197,9 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int = 2, 
 
 def _cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def card_summary(card: dict[str, Any]) -> dict[str, Any]:
-    """The fields a CLI prints."""
-    return {k: card[k] for k in ("name", "steps", "wall_time_s", "held_out") if k in card}
-
-

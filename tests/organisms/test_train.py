@@ -45,6 +45,8 @@ def test_cli_train_wired_eval_and_errors(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "wi" / "model.safetensors").is_file() and "accuracy 1.0000" in out
     code, out, _ = _cli(monkeypatch, capsys, "eval", "wired-chekhov", "--n", "50", "--device", "cpu")
     assert code == 0 and "wired-chekhov: accuracy 1.0000" in out
+    code, out, _ = _cli(monkeypatch, capsys, "eval", "sandbagging", "--n", "50", "--device", "cpu")
+    assert code == 0 and "sandbagged with cue 1.0000" in out and "truthful without cue" in out
     code, _, err = _cli(monkeypatch, capsys, "eval", "chekov")
     assert code == 2 and err.strip().count("\n") == 0 and "did you mean 'chekhov'" in err
     code, out, _ = _cli(monkeypatch, capsys, "list")
