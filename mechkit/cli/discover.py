@@ -63,7 +63,6 @@ def discover(
     from rich.table import Table
 
     from mechkit.discovery import discover as run_discover
-    from mechkit.discovery.ground_truth import circuit_nodes
     from mechkit.models import load_model
 
     console = Console()
@@ -78,7 +77,7 @@ def discover(
     table = Table(title=f"mechkit discover {spec}", show_header=False)
     f = circuit.faithfulness[0]
     kept = int(circuit.in_circuit.sum())
-    nodes = sorted(circuit_nodes(circuit.edge_names, circuit.in_circuit))
+    nodes = [n for n in circuit.nodes if n not in ("embed", "logits")]  # forward order
     rows = [
         ("task", f"{circuit.task.get('name', data)} ({len(pairs)} pairs)"),
         ("method", f"{circuit.method} {circuit.hyperparameters}"),
