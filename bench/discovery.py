@@ -11,7 +11,8 @@ For every organism under assets/organisms (missing ones are skipped with a note)
 - every organism: faithfulness of the EAP-IG circuit at 10% of edges, top-n and greedy
   (target >= 0.9), the smallest top-n budget that reaches 0.9, Jaccard of its nodes with the oracle's smallest node set reaching 0.9
   (target >= 0.9), Pearson of EAP-IG against exact edge patching (target >= 0.9), CPR/CMD of
-  the MIB faithfulness curve, time of full EAP-IG scoring (target <= 10 s on CPU), and time of
+  the MIB faithfulness curve, ACDC's circuit (tau 0.1 on |metric change|) for comparison,
+  time of full EAP-IG scoring (target <= 10 s on CPU), and time of
   the whole curve in units of one plain forward over the same prompts (target <= 20).
 """
 
@@ -28,6 +29,7 @@ from scipy.stats import spearmanr
 
 from mechkit.discovery import (
     attribute,
+    discover,
     edge_auroc,
     evaluate,
     faithfulness_curve,
@@ -71,7 +73,7 @@ def bench_one(name: str, n: int, seed: int) -> dict:
     row: dict = {"organism": name, "n_prompts": len(pairs)}
     with torch.no_grad():
         model(pairs.clean)  # warm-up
-        _, t_forward = timed(lambda: model(pairs.clean), repeats=5)
+        _, t_forward = timed(lambda: model(pairs.clean), repeats=20)
     scores, t_scores = timed(lambda: attribute(model, pairs, "eap-ig", model_spec=f"organism:{name}"))
     row.update(n_edges=scores.graph.n_edges, n_nodes=len(scores.graph.node_names), eap_ig_s=t_scores)
 
@@ -89,7 +91,7 @@ def bench_one(name: str, n: int, seed: int) -> dict:
             node_auroc=node_auroc(zero, truth), edge_auroc=edge_auroc(zero, truth),
         )
 
-    curve, t_curve = timed(lambda: faithfulness_curve(model, pairs, scores), repeats=3)
+    curve, t_curve = timed(lambda: faithfulness_curve(model, pairs, scores), repeats=5)
     row.update(
         curve=dict(zip(map(str, curve.fractions), curve.faithfulness)),
         cpr=curve.cpr, cmd=curve.cmd, curve_forwards=t_curve / t_forward, forward_s=t_forward,
@@ -120,6 +122,8 @@ def bench_one(name: str, n: int, seed: int) -> dict:
             jaccard_topk=jaccard(top_k, found.nodes),
             jaccard_circuit=jaccard(set(row["nodes10_top-n"]), found.nodes),
         )
+    acdc, t_acdc = timed(lambda: discover(model, pairs, "acdc", tau=0.1, objective="metric", n_boot=0))
+    row.update(acdc_edges=int(acdc.in_circuit.sum()), acdc_faith=acdc.faithfulness[0].value, acdc_s=t_acdc)
     exact = attribute(model, pairs, "exact")
     row["pearson_exact"] = float(np.corrcoef(scores.scores.numpy(), exact.scores.numpy())[0, 1])
     row["pearson_exact_nodes"] = float(np.corrcoef(scores.node_scores.numpy(), exact.node_scores.numpy())[0, 1])
@@ -138,7 +142,7 @@ def print_table(rows: list[dict]) -> None:
         ("F>=0.9 at", "min_budget_f90_frac", ".1%"),
         ("Jacc(top-k,oracle)", "jaccard_topk", ".2f"), ("Jacc(circ,oracle)", "jaccard_circuit", ".2f"),
         ("r(IG,exact)", "pearson_exact", ".3f"), ("rho(IG,exact)", "spearman_exact", ".3f"),
-        ("CPR", "cpr", ".3f"), ("CMD", "cmd", ".3f"),
+        ("CPR", "cpr", ".3f"), ("CMD", "cmd", ".3f"), ("ACDC edges", "acdc_edges", "d"), ("ACDC F", "acdc_faith", ".3f"),
         ("EAP-IG s", "eap_ig_s", ".2f"), ("curve/fwd", "curve_forwards", ".1f"),
     ]
     header = " | ".join(c[0] for c in cols)
