@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 
 from mechkit._types import Edge, Node
 from mechkit.discovery.scores import EdgeScores
@@ -58,6 +57,8 @@ def auroc(scores: np.ndarray | list[float], positive: np.ndarray | list[bool]) -
     >>> auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False])
     1.0
     """
+    from scipy.stats import rankdata  # imported here: scipy.stats is slow to import
+
     s = np.asarray(scores, dtype=float)
     y = np.asarray(positive, dtype=bool)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
