@@ -6,7 +6,7 @@ Both runs: the same model, hook, TopK architecture (d_sae = 8 x d_model), batch 
 count and token rows (the task's clean and corrupted prompts, concatenated and cut into rows of
 ``--context`` tokens), each reading every training token once. tokens/s = training tokens /
 wall time of the whole pipeline (activations + training). Both SAEs are then scored by
-``mechkit.sae.evaluate_sae`` on held-out prompts. Prints and writes JSON (``--out``).
+``mechkit.sae.evaluate_sae`` on held-out prompt pairs (CE at the task's answer). Prints and writes JSON (``--out``).
 """
 
 import argparse
@@ -76,12 +76,17 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=16)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="mechkit-out/bench_sae.json")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     task_name = args.task or args.model.removeprefix("organism:")
     model = load_model(args.model, device=args.device)
     n_tokens = args.steps * args.batch_size
     rows = token_rows(model, task_name, -(-n_tokens // args.context), args.context, seed=0, split="train")
-    held_out = token_rows(model, task_name, 256, args.context, seed=99, split="test")
+    from mechkit.organisms import task
+
+    held_out = task(task_name).generate(512, seed=99, split="test")  # CE/KL scored at the answer
     cfg = TrainConfig(architecture="topk", expansion=8, k=args.k, steps=args.steps, batch_size=args.batch_size,
                       lr=3e-4, device=args.device)
     results = {"model": args.model, "hook": args.hook, "architecture": "topk", "k": args.k,
