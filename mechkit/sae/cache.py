@@ -36,7 +36,7 @@ from transformer_lens import HookedTransformer
 
 from mechkit._types import PromptPairs
 from mechkit.errors import ArtifactError, DataError, HookNameError, did_you_mean
-from mechkit.models import check_hook_name
+from mechkit.models import check_hook_name, fingerprint
 
 SCHEMA = "mechkit.sae.cache/1"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -106,8 +106,6 @@ def write_cache(
     tokens, lengths = _as_sequences(data)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from mechkit.models import fingerprint
-
     settings = {
         "schema": SCHEMA,
         "hooks": list(hooks),
@@ -122,7 +120,7 @@ def write_cache(
         "rank": rank,
     }
     manifest_path = out / f"manifest-rank{rank:03d}.json"
-    manifest = {**settings, "shards": [], "next_batch": 0, "complete": False}
+    manifest = {**settings, "model_name": model.cfg.model_name, "shards": [], "next_batch": 0, "complete": False}
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
         changed = [k for k in settings if old.get(k) != settings[k]]

@@ -33,6 +33,7 @@ def test_architecture_trains_and_reloads_with_sae_lens(cache, tmp_path, arch):
     sae = train_sae(cache, HOOK, tmp_path, cfg)
     loaded = sae_lens.SAE.load_from_disk(str(tmp_path))
     assert loaded.cfg.d_sae == 64 and loaded.cfg.metadata.hook_name == HOOK
+    assert loaded.cfg.metadata.mechkit_model_fingerprint == cache.model_fingerprint
     assert loaded.cfg.architecture() == ("jumprelu" if arch == "batchtopk" else arch)
     assert (tmp_path / "sparsity.safetensors").is_file()
     if arch == "batchtopk":  # saved as JumpReLU with the learned global threshold
