@@ -121,7 +121,16 @@ def discover(
     else:
         raise MethodError(f"unknown method {method!r}; {did_you_mean(method, [*METHODS, *SELECTING])}")
     measured = evaluate(model, eval_pairs or pairs, circuit, "resample", metric, n_boot, max_batch=max_batch)
-    return dataclasses.replace(circuit, faithfulness=(measured,))
+    if eval_pairs is None:
+        return dataclasses.replace(circuit, faithfulness=(measured,))
+    # the artifact's task is the data its faithfulness was measured on (what `verify` re-measures);
+    # the pairs the edges were scored on are kept with the hyperparameters
+    return dataclasses.replace(
+        circuit,
+        task=dict(eval_pairs.task),
+        hyperparameters={**circuit.hyperparameters, "scored_on": dict(pairs.task)},
+        faithfulness=(measured,),
+    )
 
 
 def _selecting(

@@ -101,3 +101,18 @@ def test_ground_truth_from_card(tmp_path, monkeypatch, model, pairs):
         ground_truth("wired-x")
     with pytest.raises(GroundTruthError, match="no card.json"):
         ground_truth("missing")
+
+
+def test_discover_with_eval_pairs_records_the_measured_task(tmp_path):
+    """A circuit measured on held-out pairs must re-verify: its task is the measured one."""
+    import mechkit
+    from mechkit.artifacts import save_circuit, verify_circuit
+
+    model = mechkit.load_model("organism:wired-induction", device="cpu")
+    task = mechkit.organisms.task("wired-induction")
+    scored, held_out = task.generate(16, seed=0), task.generate(16, seed=1)
+    circuit = mechkit.discover(model, scored, edges=6, eval_pairs=held_out, model_spec="organism:wired-induction")
+    assert circuit.task == held_out.task
+    assert circuit.hyperparameters["scored_on"] == scored.task
+    path = save_circuit(circuit, tmp_path / "c.circuit.json")
+    assert verify_circuit(path, device="cpu").passed
