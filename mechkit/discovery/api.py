@@ -22,6 +22,7 @@ from mechkit.discovery.oracle import oracle
 from mechkit.discovery.scores import EdgeScores
 from mechkit.discovery.select import prune_dangling
 from mechkit.errors import did_you_mean
+from mechkit.models.loading import spec_of
 from mechkit.metrics import logit_diff
 from mechkit.models import fingerprint
 
@@ -66,6 +67,7 @@ def attribute(
     if method in SELECTING:
         raise MethodError(f"{method} selects edges itself rather than scoring them: use discover(model, pairs, method={method!r})")
     entry = get_method(method)
+    model_spec = model_spec or spec_of(model)
     options = _check_options(method, entry.defaults, hyperparameters)
     graph = Graph.from_model(model)
     ablated = ablated_outputs(model, graph, pairs, ablation)
@@ -109,6 +111,7 @@ def discover(
     ``edges`` budget — an int or ``"5%"`` — or "threshold" with ``threshold``). ``acdc``
     (``tau``, ``objective``) and ``oracle`` (``target``) select edges themselves.
     """
+    model_spec = model_spec or spec_of(model)
     if method in SELECTING:
         options = _check_options(method, SELECTING[method], hyperparameters)
         circuit = _selecting(model, pairs, method, options, metric, ablation, model_spec, progress, max_batch)

@@ -13,4 +13,5 @@ from mechkit.models.loading import (
     load_model as load_model,
     organisms_dir as organisms_dir,
     save_organism as save_organism,
+    spec_of as spec_of,
 )

@@ -95,7 +95,15 @@ def load_model(
     else:
         model = load_cached_pretrained(spec_str, device, dtype)
     model.eval()
+    # remembered so that circuits found on this model record how to reload it
+    model.mechkit_spec = spec_str if spec_str.startswith(ORGANISM_PREFIX) or not Path(spec_str).exists() \
+        else str(Path(spec_str).resolve())
     return model
+
+
+def spec_of(model: HookedTransformer) -> str:
+    """The spec a model was loaded with by :func:`load_model` ("" for models built otherwise)."""
+    return getattr(model, "mechkit_spec", "")
 
 
 def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:

@@ -116,3 +116,13 @@ def test_discover_with_eval_pairs_records_the_measured_task(tmp_path):
     assert circuit.hyperparameters["scored_on"] == scored.task
     path = save_circuit(circuit, tmp_path / "c.circuit.json")
     assert verify_circuit(path, device="cpu").passed
+
+
+def test_circuit_records_the_spec_the_model_was_loaded_with(tmp_path):
+    import mechkit
+
+    model = mechkit.load_model("organism:wired-induction", device="cpu")
+    pairs = mechkit.organisms.task("wired-induction").generate(8, seed=0)
+    circuit = mechkit.discovery.attribute(model, pairs, "eap").select(6)
+    assert circuit.model_spec == "organism:wired-induction"
+    assert mechkit.load_circuit(circuit.save(tmp_path / "c.circuit.json")).model_spec == "organism:wired-induction"

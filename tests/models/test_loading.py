@@ -204,3 +204,10 @@ def test_cli_error_is_one_line_with_exit_code_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert result.stderr.startswith("error: unknown model spec")
+
+
+def test_model_remembers_its_spec(tiny_organism_dir, tmp_path):
+    from mechkit.models import spec_of
+
+    assert spec_of(load_model("organism:tiny", device="cpu")) == "organism:tiny"
+    assert spec_of(load_model(tiny_organism_dir, device="cpu")) == str(tiny_organism_dir.resolve())
