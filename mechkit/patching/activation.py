@@ -99,13 +99,18 @@ def _every(model, pairs, name, metric, direction, layers, positions, memory_gib,
                          memory_gib=memory_gib, progress=progress)
         for s in EVERY[name]
     ]
+    return stack_every(parts, name, direction)
+
+
+def stack_every(parts: list[PatchResult], name: str, direction: str, method: str = "activation") -> PatchResult:
+    """One "every" result from its parts' results, stacked along a leading ``act`` axis."""
     if name == "head-by-pos-every":  # pattern comes as (layer, head, dest_pos): align to (layer, pos, head)
         parts[-1] = PatchResult(parts[-1].values.transpose(1, 2), parts[0].dims, parts[0].labels,
-                                parts[-1].sweep, direction, parts[-1].metric)
+                                parts[-1].sweep, direction, parts[-1].metric, method)
     width = parts[0].values.shape[-1]
     values = torch.stack([torch.nn.functional.pad(p.values, (0, width - p.values.shape[-1])) for p in parts])
     labels = {"act": [p.sweep for p in parts], **parts[0].labels}
-    return PatchResult(values, ("act", *parts[0].dims), labels, name, direction, parts[0].metric,
+    return PatchResult(values, ("act", *parts[0].dims), labels, name, direction, parts[0].metric, method,
                        clean_value=parts[0].clean_value, corrupted_value=parts[0].corrupted_value)
 
 

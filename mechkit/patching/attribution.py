@@ -23,7 +23,7 @@ from mechkit.patching import _engine
 from mechkit.patching._labels import axis_labels
 from mechkit.patching._metrics import MetricLike, bind_metric, metric_name, metric_scope, project
 from mechkit.patching._sweeps import EVERY, FEATURE_AXES, Sweep, cell_coords, cell_masks, get_sweep
-from mechkit.patching.activation import check_layers, check_positions
+from mechkit.patching.activation import check_layers, check_positions, stack_every
 from mechkit.patching.result import PatchResult
 
 
@@ -42,14 +42,7 @@ def attribution_patch(
     if sweep in EVERY:
         parts = [attribution_patch(model, pairs, s, metric, direction=direction, layers=layers,
                                    positions=positions, memory_gib=memory_gib) for s in EVERY[sweep]]
-        if sweep == "head-by-pos-every":
-            parts[-1] = PatchResult(parts[-1].values.transpose(1, 2), parts[0].dims, parts[0].labels,
-                                    parts[-1].sweep, direction, parts[-1].metric, "attribution")
-        width = parts[0].values.shape[-1]
-        values = torch.stack([torch.nn.functional.pad(p.values, (0, width - p.values.shape[-1])) for p in parts])
-        return PatchResult(values, ("act", *parts[0].dims), {"act": [p.sweep for p in parts], **parts[0].labels},
-                           sweep, direction, parts[0].metric, "attribution",
-                           parts[0].clean_value, parts[0].corrupted_value)
+        return stack_every(parts, sweep, direction, "attribution")
     spec = get_sweep(sweep)
     pairs = _engine.check_pairs(model, pairs)
     layer_list = check_layers(model, layers)
