@@ -12,6 +12,8 @@ import dataclasses
 import html
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,21 +45,14 @@ class DemoResult:
         return self.files["circuit"]
 
 
-class _Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def step(self, name: str):
-        timer = self
-
-        class _Step:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[name] = time.perf_counter() - self.t0
-
-        return _Step()
+@contextmanager
+def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall time of the block under ``seconds[name]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = time.perf_counter() - t0
 
 
 def run_demo(
@@ -84,16 +79,16 @@ def run_demo(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    timer = _Timer()
+    seconds: dict[str, float] = {}
     spec = f"organism:{organism}"
     files: dict[str, Path] = {}
 
-    with timer.step("load"):
+    with _timed(seconds, "load"):
         model = load_model(spec, device=device)
         pairs = get_task(organism).generate(n_prompts, seed=seed, split="test")
         eval_pairs = get_task(organism).generate(n_prompts, seed=seed + 1, split="test")
 
-    with timer.step("patching"):
+    with _timed(seconds, "patching"):
         # denoising: which clean activations, patched into the corrupted run, restore the answer
         kw = dict(metric="normalized-logit-diff", direction="denoising", progress=progress)
         resid = patching.get_act_patch_resid_pre(model, pairs, **kw)
@@ -101,10 +96,10 @@ def run_demo(
         files["patching_resid"] = _write_figure(resid.heatmap(), out / "patching_resid_pre.html")
         files["patching_heads"] = _write_figure(heads.heatmap(), out / "patching_heads.html")
 
-    with timer.step("discovery"):
+    with _timed(seconds, "discovery"):
         scores = discovery.attribute(model, pairs, method, model_spec=spec, progress=progress)
 
-    with timer.step("evaluation"):
+    with _timed(seconds, "evaluation"):
         # scored on `pairs`, measured on fresh held-out `eval_pairs`
         curve = discovery.faithfulness_curve(model, eval_pairs, scores)
         budget = _budget_from_curve(curve, target) if edges == "auto" else edges
@@ -118,7 +113,7 @@ def run_demo(
             faithfulness=robust,
         )
 
-    with timer.step("artifact"):
+    with _timed(seconds, "artifact"):
         files["circuit"] = save_circuit(circuit, out / f"{organism}.circuit.json")
         verdict = verify_circuit(files["circuit"], device=device)
         files["viewer"] = write_html(circuit, out / f"{organism}.circuit.html")
@@ -140,9 +135,9 @@ def run_demo(
         verified=bool(verdict.passed),
         verify_message=verdict.reason or "; ".join(verdict.lines()[1:]),
         files=files,
-        seconds=timer.seconds,
+        seconds=seconds,
     )
-    files["report"] = _write_report(result, out / "report.html")
+    files["report"] = _write_report(result, circuit, out / "report.html")
     files["summary"] = out / "summary.json"
     _write_json(out / "summary.json", _summary_dict(result))
     return result
@@ -201,12 +196,10 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def _write_report(r: DemoResult, path: Path) -> Path:
+def _write_report(r: DemoResult, circuit, path: Path) -> Path:
     """One offline page: the summary, links to the figures, and the circuit viewer inline."""
-    from mechkit.artifacts import load_circuit
     from mechkit.viewer import circuit_html
 
-    circuit = load_circuit(r.files["circuit"])
     rows = [
         ("organism", f"organism:{r.organism}"),
         ("prompts", str(r.n_prompts)),

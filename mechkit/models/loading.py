@@ -92,12 +92,12 @@ def load_model(
         model = load_organism(spec_str[len(ORGANISM_PREFIX) :], device, dtype)
     elif Path(spec_str).exists():
         model = load_hf_dir(Path(spec_str), device, dtype)
+        spec_str = str(Path(spec_str).resolve())
     else:
         model = load_cached_pretrained(spec_str, device, dtype)
     model.eval()
     # remembered so that circuits found on this model record how to reload it
-    model.mechkit_spec = spec_str if spec_str.startswith(ORGANISM_PREFIX) or not Path(spec_str).exists() \
-        else str(Path(spec_str).resolve())
+    model.mechkit_spec = spec_str
     return model
 
 
@@ -292,10 +292,7 @@ def _check_safetensors(file: Path) -> None:
             for key in f.keys():
                 f.get_slice(key)
     except (SafetensorError, OSError, ValueError) as err:
-        raise SpecError(
-            f"{file} is not a readable safetensors file ({_first_line(err)}): it is corrupted or "
-            "truncated; re-save or re-copy it"
-        ) from None
+        raise _unreadable(file, err) from None
 
 
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
@@ -304,10 +301,14 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(file)
     except (SafetensorError, OSError, ValueError) as err:
-        raise SpecError(
-            f"{file} is not a readable safetensors file ({_first_line(err)}): it is corrupted or "
-            "truncated; re-save or re-copy it"
-        ) from None
+        raise _unreadable(file, err) from None
+
+
+def _unreadable(file: Path, err: BaseException) -> SpecError:
+    return SpecError(
+        f"{file} is not a readable safetensors file ({_first_line(err)}): it is corrupted or "
+        "truncated; re-save or re-copy it"
+    )
 
 
 def _first_line(err: BaseException) -> str:
