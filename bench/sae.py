@@ -19,6 +19,7 @@ import torch
 
 from mechkit.models import load_model
 from mechkit.sae import TrainConfig, evaluate_sae, load_sae, train_sae, write_cache
+from mechkit.sae.train import dead_window
 
 
 def token_rows(model, task_name: str, n_rows: int, context: int, seed: int, split: str) -> torch.Tensor:
@@ -56,7 +57,7 @@ def run_sae_lens(model, rows, hook, cfg: TrainConfig, work: Path, context: int) 
         model_name="organism", hook_name=hook, dataset_path="", is_dataset_tokenized=True, streaming=False,
         context_size=context, prepend_bos=False, training_tokens=cfg.steps * cfg.batch_size,
         train_batch_size_tokens=cfg.batch_size, store_batch_size_prompts=256, n_batches_in_buffer=max(20, 2 * cfg.batch_size // context),
-        lr=cfg.lr, device=cfg.device, seed=cfg.seed, dead_feature_window=cfg.dead_feature_window,
+        lr=cfg.lr, device=cfg.device, seed=cfg.seed, dead_feature_window=dead_window(cfg.steps) if cfg.dead_feature_window is None else cfg.dead_feature_window,
         logger=LoggingConfig(log_to_wandb=False), checkpoint_path=None, output_path=str(work / "sae_lens_sae"),
         n_batches_for_norm_estimate=10, verbose=False,
     )

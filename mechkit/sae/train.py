@@ -54,8 +54,16 @@ class TrainConfig:
     tf32: bool = True  # TF32 matmuls on CUDA (no effect on CPU)
     normalize_activations: str = "none"  # or "expected_average_only_in"
     checkpoint_every: int = 0  # steps between checkpoints; 0 = none
-    dead_feature_window: int = 1000  # steps without firing after which a feature counts as dead
+    # steps without firing after which a feature counts as dead (and TopK/BatchTopK's auxiliary
+    # loss, or JumpReLU's pre-activation loss, starts reviving it); None: dead_window(steps)
+    dead_feature_window: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+
+def dead_window(steps: int) -> int:
+    """The default dead-feature window for a run of ``steps`` steps: a tenth of the run (at least
+    one step), capped at SAELens's default of 1000, so short runs revive dead features too."""
+    return max(1, min(1000, steps // 10))
 
 
 def architectures() -> list[str]:
@@ -115,7 +123,7 @@ def _trainer_config(cfg: TrainConfig) -> SAETrainerConfig:
         lr_end=cfg.lr / 10,
         device=cfg.device,
         autocast=_autocast(cfg),
-        dead_feature_window=cfg.dead_feature_window,
+        dead_feature_window=cfg.dead_feature_window if cfg.dead_feature_window is not None else dead_window(cfg.steps),
         feature_sampling_window=max(cfg.steps, 1),
         logger=LoggingConfig(log_to_wandb=False),
     )

@@ -67,3 +67,35 @@ def test_bad_options_are_refused(cache, tmp_path):
         train_sae(cache, HOOK, tmp_path, TrainConfig(architecture="topkk", steps=1, batch_size=8))
     with pytest.raises(DataError, match="no option"):
         train_sae(cache, HOOK, tmp_path, TrainConfig(steps=1, batch_size=8, options={"kk": 3}))
+
+
+def test_dead_feature_window_scales_with_the_run():
+    from mechkit.sae.train import _trainer_config, dead_window
+
+    assert dead_window(500) == 50 and dead_window(5) == 1 and dead_window(10 ** 6) == 1000
+    assert _trainer_config(TrainConfig(steps=500)).dead_feature_window == 50
+    assert _trainer_config(TrainConfig(steps=500, dead_feature_window=7)).dead_feature_window == 7
+
+
+def test_short_runs_switch_on_the_auxiliary_loss(cache, tmp_path, monkeypatch):
+    """With the default window, SAELens's TopK auxiliary loss (which trains dead features) is
+    active within a short run; with SAELens's fixed 1000-step window it never is."""
+    from sae_lens.saes.topk_sae import TopKTrainingSAE
+
+    seen: list[float] = []
+    original = TopKTrainingSAE.calculate_topk_aux_loss
+
+    def spy(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        seen.append(float(loss))
+        return loss
+
+    monkeypatch.setattr(TopKTrainingSAE, "calculate_topk_aux_loss", spy)
+    active = {}
+    for window in (None, 1000):
+        seen.clear()
+        cfg = TrainConfig(architecture="topk", expansion=8, k=2, steps=40, batch_size=64, lr=1e-2,
+                          dead_feature_window=window)
+        train_sae(cache, HOOK, tmp_path / str(window), cfg)
+        active[window] = sum(v > 0 for v in seen)
+    assert len(seen) == 40 and active[1000] == 0 and active[None] > 20
