@@ -7,6 +7,9 @@ this module is the one place to change.
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -104,3 +107,26 @@ def hf_cache_dir() -> str:
     from huggingface_hub import constants
 
     return os.fspath(constants.HF_HUB_CACHE)
+
+
+@contextmanager
+def fwd_hooks(model: HookedTransformer, hooks: list[tuple[str, Callable]]) -> Iterator[None]:
+    """Forward hooks ``fn(act, hook) -> act | None`` on named hook points, removed on exit.
+
+    Same semantics as ``model.hooks(fwd_hooks=...)``, but on exit it removes only these hooks:
+    ``HookedRootModule.hooks`` walks every hook point of the model when it resets, which costs
+    more than a small organism's whole forward pass in a sweep that runs hundreds of them.
+    """
+    handles = []
+    try:
+        for name, fn in hooks:
+            point = model.hook_dict[name]
+            handles.append(point.register_forward_hook(partial(_call_hook, fn, point)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _call_hook(fn: Callable, point, module, inputs, output):
+    return fn(output, hook=point)

@@ -19,6 +19,7 @@ positions < ``s`` untouched, so a patched forward
 Every step is exact: results equal one full forward per cell up to float rounding.
 """
 
+import bisect
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from mechkit._types import PromptPairs
 from mechkit.errors import HookNameError, ShapeError
+from mechkit.models._tl import fwd_hooks
 from mechkit.patching._metrics import BoundMetric, MetricLike, bind_metric, metric_scope, project
 from mechkit.patching._sweeps import FEATURE_AXES, Sweep, cell_coords, cell_masks
 
@@ -38,6 +40,11 @@ DIRECTIONS = ("denoising", "noising")
 # next block (and for good in the last block, where no attention reads it any more).
 LOCAL_IN_LAST_BLOCK = ("hook_z", "hook_q", "hook_pattern", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
                        "hook_resid_post")
+# Hooks before a block's attention mixing: in the last block, a patch at one position reaches
+# the answer only through that position's keys and values (and its query, at the answer).
+KEYS_ONLY_IN_LAST_BLOCK = ("hook_resid_pre", "hook_attn_in", "hook_k_input", "hook_v_input", "hook_k", "hook_v")
+# Hooks of a block from its MLP input on (their patches act on every position of the MLP).
+AFTER_MID = ("hook_mlp_in", "ln2.", "mlp.", "hook_mlp_out", "hook_resid_post")
 DEFAULT_MEMORY_GIB = 2.0
 
 
@@ -51,7 +58,8 @@ class Run:
     resid_pre    n_layers x [batch, pos, d_model]  input of each block
     keys/values  n_layers x [batch, pos, kv, dh]   what each block's attention cached
     acts         {hook: [batch, ...]}              activations of the patched hooks
-    final        [batch, pos, d_model]             output of the last block
+    final        [batch, pos, d_model]             output of the last block (positions
+                                                   ``final_offset..``, or each row's answer)
     ===========  ================================  =====================================
     """
 
@@ -63,26 +71,71 @@ class Run:
     final: Tensor
     shortformer: Tensor | None
     attention_mask: Tensor | None
+    final_offset: int | Tensor = 0
+
+
+def last_mlp_at_answer(model: HookedTransformer, answer: Int[Tensor, " batch"], start: int = 0) -> list:
+    """A hook cutting the last block's residual to each row's answer position before its MLP,
+    for runs that only read the answer position's output. The residual covers positions
+    ``start..``. No hook where the block has no separate MLP step (attention-only, parallel)."""
+    if model.cfg.attn_only or model.cfg.parallel_attn_mlp:
+        return []
+    index = torch.arange(len(answer), device=answer.device)
+
+    def to_answer(act: Tensor, hook) -> Tensor:
+        return act[index, answer - start][:, None]
+
+    return [(f"blocks.{model.cfg.n_layers - 1}.hook_resid_mid", to_answer)]
+
+
+def touches_last_mlp(model: HookedTransformer, hook: str) -> bool:
+    """Whether ``hook`` is in the last block's MLP step (from its input on)."""
+    prefix = f"blocks.{model.cfg.n_layers - 1}."
+    return hook.startswith(prefix) and hook[len(prefix):].startswith(AFTER_MID)
 
 
 @torch.no_grad()
-def forward_run(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], hooks: list[str]) -> Run:
-    """A full forward pass (block by block, as ``HookedTransformer.forward`` does), caching a Run."""
+def forward_run(
+    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], hooks: list[str], answer_pos: Tensor | None = None
+) -> Run:
+    """A full forward pass (block by block, as ``HookedTransformer.forward`` does), caching a Run.
+
+    With ``answer_pos`` the caller reads only those positions of the final residual: the last
+    block's MLP runs on them alone (unless a cached hook needs it everywhere).
+    """
     resid, tokens, shortformer, mask = model.input_to_embed(tokens)
     acts: dict[str, Tensor] = {}
 
     def save(act: Tensor, hook) -> None:
         acts[hook.name] = act
 
+    narrow = []
+    if answer_pos is not None and not any(touches_last_mlp(model, h) for h in hooks):
+        narrow = last_mlp_at_answer(model, answer_pos.to(resid.device))
     resid_pre, keys, values = [], [], []
-    with model.hooks(fwd_hooks=[(h, save) for h in hooks]):
+    with fwd_hooks(model, [(h, save) for h in hooks] + narrow):
         for block in model.blocks:
             entry = KVEntry.init_cache_entry(model.cfg, resid.device, resid.shape[0])
             resid_pre.append(resid)
             resid = block(resid, shortformer_pos_embed=shortformer, past_kv_cache_entry=entry, attention_mask=mask)
             keys.append(entry.past_keys)
             values.append(entry.past_values)
-    return Run(tokens, resid_pre, keys, values, acts, resid, shortformer, mask)
+    return Run(tokens, resid_pre, keys, values, acts, resid, shortformer, mask, answer_pos if narrow else 0)
+
+
+def split_run(run: Run, n: int) -> tuple[Run, Run]:
+    """Rows ``:n`` and ``n:`` of a run as two runs (views, no copies)."""
+
+    def rows(t: Tensor | None, first: bool) -> Tensor | None:
+        return None if t is None else (t[:n] if first else t[n:])
+
+    return tuple(
+        Run(rows(run.tokens, first), [rows(t, first) for t in run.resid_pre], [rows(t, first) for t in run.keys],
+            [rows(t, first) for t in run.values], {h: rows(a, first) for h, a in run.acts.items()},
+            rows(run.final, first), rows(run.shortformer, first), rows(run.attention_mask, first),
+            run.final_offset if isinstance(run.final_offset, int) else rows(run.final_offset, first))
+        for first in (True, False)
+    )
 
 
 def check_pairs(model: HookedTransformer, pairs: PromptPairs) -> PromptPairs:
@@ -136,22 +189,23 @@ def prepare(
     if scope != "full":  # positions after the last answer cannot change any score
         length = int(pairs.answer_pos.max()) + 1
         base_tokens, source_tokens = base_tokens[:, :length], source_tokens[:, :length]
-    base = forward_run(model, base_tokens, hooks)
+    # one forward for both runs: on a small model the fixed cost per pass is what counts
+    answer_pos = torch.cat([pairs.answer_pos] * 2) if scope != "full" else None
+    base, source = split_run(forward_run(model, torch.cat([base_tokens, source_tokens]), hooks, answer_pos), len(pairs))
     missing = [h for h in hooks if h not in base.acts]
     if missing:
         raise HookNameError(f"the model never runs hook {missing[0]!r} (attention-only models have no MLP): pick another sweep")
-    source = forward_run(model, source_tokens, hooks)
     with torch.no_grad():
-        base_last, _ = project(model, base.final, pairs, 0, "position")
-        source_last, _ = project(model, source.final, pairs, 0, "position")
+        base_last, _ = project(model, base.final, pairs, base.final_offset, "position")
+        source_last, _ = project(model, source.final, pairs, source.final_offset, "position")
         clean_last, corrupted_last = (source_last, base_last) if direction == "denoising" else (base_last, source_last)
         bound = bind_metric(metric, clean_last[:, 0], corrupted_last[:, 0], pairs)
         rows = torch.arange(len(pairs), device=pairs.clean.device)
         base_logits = None
         if scope == "full":
             base_logits, _ = project(model, base.final, pairs, 0, "full")
-        base_values = bound.score(*project(model, base.final, pairs, 0, scope), rows)
-        source_values = bound.score(*project(model, source.final, pairs, 0, scope), rows)
+        base_values = bound.score(*project(model, base.final, pairs, base.final_offset, scope), rows)
+        source_values = bound.score(*project(model, source.final, pairs, source.final_offset, scope), rows)
     clean_values, corrupted_values = (source_values, base_values) if direction == "denoising" else (base_values, source_values)
     return Context(
         model, pairs, base, source, bound, base_values, base_logits,
@@ -206,40 +260,92 @@ def resume(
     start: int,
     hooks: list[tuple[str, object]],
     single: bool = False,
-) -> Float[Tensor, "n pos d_model"]:
+    answer_only: bool = False,
+) -> tuple[Float[Tensor, "n pos d_model"], int | Int[Tensor, " n"]]:
     """Run blocks ``layer..`` for base-run rows ``rows`` from position ``start`` on, with ``hooks``.
 
     Positions < ``start`` are taken as unchanged: their keys and values come from the base run.
-    ``single``: the hooks change block ``layer``'s output at position ``start`` only, so that
-    block runs on that one position and the next resumes from the base run's residual there.
+    ``single``: the hooks change block ``layer``'s output at position ``start`` only (or, in
+    the last block, only the keys and values there), so that block runs on that one position
+    and the next resumes from the base run's residual there.
+    ``answer_only``: only the answer position's output is read, so the last block's MLP runs
+    on that position alone (its attention still needs every position's keys and values); and
+    when the last block's input differs from the base run at one position ``p`` only, the last
+    block runs twice on one position: at ``p`` for its keys and values, then at the answer.
+
+    Returns the final residual and the position of its first row: ``start``, or each row's
+    answer position when only that one is left.
     """
     model, base = ctx.model, ctx.base
-    n_layers = model.cfg.n_layers
-    shortformer = base.shortformer[rows, start:] if base.shortformer is not None else None
+    last = model.cfg.n_layers - 1
     mask = base.attention_mask[rows] if base.attention_mask is not None else None
+    answer = ctx.pairs.answer_pos[rows].to(base.tokens.device)
+    shared = int(answer[0]) if answer_only and bool((answer == answer[0]).all()) else None
 
-    def block(i: int, resid: Tensor) -> Tensor:
-        entry = KVEntry(base.keys[i][rows, :start], base.values[i][rows, :start], frozen=True)
-        pos_embed = shortformer[:, : resid.shape[1]] if shortformer is not None else None
+    def block(i: int, resid: Tensor, at: int, entry: KVEntry | None = None) -> Tensor:
+        """Block ``i`` on positions ``at..`` (keys and values before ``at`` from the base run)."""
+        if entry is None:
+            entry = KVEntry(base.keys[i][rows, :at], base.values[i][rows, :at], frozen=True)
+        pos_embed = base.shortformer[rows, at : at + resid.shape[1]] if base.shortformer is not None else None
         return model.blocks[i](resid, shortformer_pos_embed=pos_embed, past_kv_cache_entry=entry, attention_mask=mask)
 
-    with model.hooks(fwd_hooks=hooks):
+    if single and shared is not None and start < shared and layer == last - 1 and mask is None:
+        with fwd_hooks(model, hooks):
+            out = block(layer, base.resid_pre[layer][rows, start : start + 1], start)
+        return answer_via_keys(ctx, rows, torch.full_like(rows, start), out, []), shared
+
+    offset: int | Tensor = start
+    if answer_only:
+        narrow = last_mlp_at_answer(model, answer, start)
+        hooks, offset = [*hooks, *narrow], (answer if narrow else start)
+    with fwd_hooks(model, hooks):
         if single:
-            out = block(layer, base.resid_pre[layer][rows, start : start + 1])
-            if layer == n_layers - 1:
-                return out
+            out = block(layer, base.resid_pre[layer][rows, start : start + 1], start)
+            if layer == last:
+                return out, start
             resid = base.resid_pre[layer + 1][rows, start:].clone()
             resid[:, :1] = out
             layer += 1
         else:
             resid = base.resid_pre[layer][rows, start:]
-        for i in range(layer, n_layers):
-            resid = block(i, resid)
-    return resid
+        for i in range(layer, last + 1):
+            resid = block(i, resid, start)
+    return resid, offset
 
 
-def score(ctx: Context, resid: Tensor, rows: Tensor, start: int) -> Float[Tensor, " n"]:
-    """Metric values of patched runs whose final residual covers positions ``start..``."""
+def answer_via_keys(
+    ctx: Context, rows: Int[Tensor, " n"], at: Int[Tensor, " n"], resid_at: Float[Tensor, "n 1 d_model"], hooks: list
+) -> Float[Tensor, "n 1 d_model"]:
+    """The last block's output at the (shared) answer position when its input differs from the
+    base run at one position per row only: ``at`` (before the answer), holding ``resid_at``.
+
+    A position's keys and values depend on its own residual alone (keys are cached before
+    rotary), so the block first runs on ``resid_at`` by itself, with ``hooks``, just for them;
+    then once at the answer, attending to the base run's keys and values with those spliced in.
+    Needs no attention mask (no padding).
+    """
+    model, base = ctx.model, ctx.base
+    last = model.cfg.n_layers - 1
+    answer = int(ctx.pairs.answer_pos[rows[0]])
+    block = model.blocks[last]
+
+    def pos_embed(pos: Tensor) -> Tensor | None:
+        return base.shortformer[rows, pos][:, None] if base.shortformer is not None else None
+
+    entry = KVEntry.init_cache_entry(model.cfg, resid_at.device, len(rows))
+    with fwd_hooks(model, hooks):
+        block(resid_at, shortformer_pos_embed=pos_embed(at), past_kv_cache_entry=entry)
+    index = torch.arange(len(rows), device=resid_at.device)
+    keys, values = base.keys[last][rows, :answer].clone(), base.values[last][rows, :answer].clone()
+    keys[index, at], values[index, at] = entry.past_keys[:, 0], entry.past_values[:, 0]
+    at_answer = base.resid_pre[last][rows, answer : answer + 1]
+    spliced = KVEntry(keys, values, frozen=True)
+    return block(at_answer, shortformer_pos_embed=pos_embed(torch.full_like(at, answer)), past_kv_cache_entry=spliced)
+
+
+def score(ctx: Context, resid: Tensor, rows: Tensor, start: int | Tensor) -> Float[Tensor, " n"]:
+    """Metric values of patched runs whose final residual covers positions ``start..``
+    (``start`` per row when the residual holds only each row's answer position)."""
     pairs = ctx.pairs[rows]
     logits, scored_pairs = project(ctx.model, resid, pairs, start, ctx.metric.scope)
     if ctx.metric.scope == "full":
@@ -321,16 +427,27 @@ def run_sweep(
     total = sum(p[4].numel() for p in plans)
     bar = tqdm(total=total, desc=f"patching {sweep.name}", unit="patch", delay=1.0,
                disable=progress is False or total == 0, leave=False)
+    shared_answer = scoped and bool((answer_pos == answer_pos[0]).all())
     for k, (layer, hook, shape, coords, cells, rows, starts) in enumerate(plans):
         s_act = source.acts[hook]
+        # the patch must be in place before the last block's MLP is cut to the answer position
+        answer_only = scoped and not touches_last_mlp(model, hook)
         n_feat = len(sweep.act_axes) - len(shape)
         starts_list = starts.tolist()
         # One query position per cell, at a hook whose effect stays on that position in its
         # block: run that block on the one position. This needs equal starts per forward, so
         # accelerators (where each forward's fixed cost dominates) take fewer, larger passes.
+        # In the last block a patch before its attention mixing changes only that position's
+        # keys and values as far as the answer is concerned: the same holds there.
+        kind = sweep.hook.split(".")[-1]
         single = (not accelerator and sweep.mask_axes[sweep.pos_axis] in sweep.index
-                  and sweep.hook.split(".")[-1] in LOCAL_IN_LAST_BLOCK)
+                  and (kind in LOCAL_IN_LAST_BLOCK
+                       or (kind in KEYS_ONLY_IN_LAST_BLOCK and layer == model.cfg.n_layers - 1 and shared_answer)))
         waste = 0.0 if single else (1.0 if accelerator else 0.25)
+        # ...and those need no common start: every item before the answer goes in one pass
+        keys_only = (single and kind in KEYS_ONLY_IN_LAST_BLOCK and layer == model.cfg.n_layers - 1
+                     and base.attention_mask is None)
+        answer = int(answer_pos[0])
         i = 0
         while i < cells.numel():
             start = starts_list[i]
@@ -338,9 +455,26 @@ def run_sweep(
             n_pos = 1 if single else full_len - start
             per_item = item_bytes(model, full_len - start, full_len, ctx.metric.scope, s_act[0].numel())
             n = chunk_size(starts_list, i, full_len, max(1, memory_bytes // per_item), waste)
+            if keys_only and start < answer:
+                n = min(max(1, memory_bytes // per_item), bisect.bisect_left(starts_list, answer, lo=i) - i)
             c, r = cells[i : i + n], rows[i : i + n]
             mask = cell_masks(coords[c.cpu()].to(s_act.device), shape)
             src = s_act[r]
+            if keys_only and start < answer:
+                at = starts[i : i + n]
+                index = at.view(-1, *([1] * (mask.dim() - 1)))
+                mask = mask.take_along_dim(index, dim=1 + sweep.pos_axis)
+                src = src.take_along_dim(index.view(*index.shape, *([1] * n_feat)), dim=1 + sweep.pos_axis)
+                mask = mask.reshape(*mask.shape, *([1] * n_feat))
+
+                def patch(act: Tensor, hook, mask=mask, src=src) -> Tensor:
+                    return torch.where(mask, src, act)
+
+                resid = answer_via_keys(ctx, r, at, base.resid_pre[layer][r, at][:, None], [(hook, patch)])
+                values[k][c, r] = score(ctx, resid, r, answer)
+                bar.update(n)
+                i += n
+                continue
             for a, axis in enumerate(sweep.mask_axes):  # cut to the positions this forward computes
                 if a == sweep.pos_axis:
                     mask, src = mask.narrow(1 + a, start, n_pos), src.narrow(1 + a, start, n_pos)
@@ -351,8 +485,8 @@ def run_sweep(
             def patch(act: Tensor, hook, mask=mask, src=src) -> Tensor:
                 return torch.where(mask, src, act)
 
-            resid = resume(ctx, layer, r, start, [(hook, patch)], single)
-            values[k][c, r] = score(ctx, resid, r, start)
+            resid, offset = resume(ctx, layer, r, start, [(hook, patch)], single, answer_only)
+            values[k][c, r] = score(ctx, resid, r, offset)
             bar.update(n)
             i += n
     bar.close()

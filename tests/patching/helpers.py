@@ -16,6 +16,8 @@ MODELS = {
     # rotary positions, RMSNorm, gated MLP, grouped-query attention
     "rotary": lambda: tiny_hooked(seed=2, positional_embedding_type="rotary", normalization_type="RMS", rotary_dim=4,
                                   n_heads=4, n_key_value_heads=2, d_head=8, act_fn="silu", gated_mlp=True),
+    # positions added to queries and keys in every layer
+    "shortformer": lambda: tiny_hooked(seed=4, positional_embedding_type="shortformer"),
 }
 
 

@@ -15,8 +15,11 @@ EVERY_TL = {
 }
 
 
-CASES = [("gpt2ish", "denoising"), ("gpt2ish", "noising"), ("attn_only", "denoising"), ("rotary", "denoising"),
-         ("rotary", "noising")]
+# ragged: answers at different positions; shared: one answer position, where the engine runs
+# the last block only at the answer and at the patched position's keys and values
+CASES = [("gpt2ish", "denoising", "ragged"), ("gpt2ish", "noising", "ragged"), ("attn_only", "denoising", "ragged"),
+         ("rotary", "denoising", "ragged"), ("rotary", "noising", "ragged"), ("gpt2ish", "denoising", "shared"),
+         ("attn_only", "noising", "shared"), ("rotary", "denoising", "shared"), ("shortformer", "denoising", "shared")]
 
 
 def _sweeps(model):
@@ -25,10 +28,10 @@ def _sweeps(model):
     return [s for s in SWEEPS if s not in tl_only and not (model.cfg.attn_only and s in mlp)]
 
 
-@pytest.mark.parametrize("name,direction", CASES)
-def test_every_sweep_matches_transformer_lens(name, direction):
+@pytest.mark.parametrize("name,direction,answers", CASES)
+def test_every_sweep_matches_transformer_lens(name, direction, answers):
     model = MODELS[name]()
-    pairs = make_pairs(ragged=True)
+    pairs = make_pairs(ragged=True) if answers == "ragged" else make_pairs(batch=3, n_pos=6, seed=1)
     for sweep in _sweeps(model):
         ours = activation_patch(model, pairs, sweep, "logit-diff", direction=direction, progress=False)
         ref = tl_sweep(SWEEPS[sweep].tl_name, model, pairs, M.logit_diff, direction)
