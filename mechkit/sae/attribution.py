@@ -164,8 +164,9 @@ class InterventionReport:
     """Fractions of prompts whose top next-token prediction is the named answer.
 
     Clean prompts should give ``answer`` and corrupted ones ``wrong``. ``ablated_*`` zero the
-    features; ``patched_corrupted_*`` set them, on each corrupted prompt, to their values on the
-    paired clean prompt (adding what the clean prompt has and the corrupted one lacks).
+    features; ``patched_corrupted_*`` set them, on each corrupted prompt, to ``steer_scale`` times
+    their values on the paired clean prompt (adding what the clean prompt has and the corrupted
+    one lacks; a scale above 1 amplifies it, as in steering).
     """
 
     features: tuple[int, ...]
@@ -175,14 +176,16 @@ class InterventionReport:
     ablated_clean_gives_wrong: float  # removing the features flips clean prompts to the corrupted answer
     ablated_corrupted_gives_wrong: float  # ... while corrupted prompts keep theirs
     patched_corrupted_gives_answer: float  # adding them flips corrupted prompts to the clean answer
+    steer_scale: float = 1.0
 
 
 @torch.no_grad()
 def intervention_report(
     model: HookedTransformer, sae: SAE, pairs: PromptPairs, features: Sequence[int], hook: str | None = None,
-    batch_size: int = 256,
+    batch_size: int = 256, steer_scale: float = 1.0,
 ) -> InterventionReport:
-    """Zero-ablate ``features`` on both prompt sets, and patch their clean values into corrupted prompts."""
+    """Zero-ablate ``features`` on both prompt sets, and patch their clean values (times
+    ``steer_scale``) into corrupted prompts."""
     hook = check_hook_name(model, sae_hook(sae, hook))
     device = model.cfg.device
     sae = sae.to(device)
@@ -196,7 +199,7 @@ def intervention_report(
             return model(tokens)[rows, batch.answer_pos].argmax(-1)
 
         _, cache = model.run_with_cache(batch.clean, names_filter=[hook])
-        clean_values = sae.encode(cache[hook])[..., idx]
+        clean_values = sae.encode(cache[hook])[..., idx] * steer_scale
         clean, corrupted = top(batch.clean), top(batch.corrupted)
         with feature_intervention(model, sae, idx, hook=hook):
             abl_clean, abl_corr = top(batch.clean), top(batch.corrupted)
@@ -205,7 +208,7 @@ def intervention_report(
         a, w = batch.answer, batch.wrong
         sums += torch.tensor([float((x == y).sum()) for x, y in (
             (clean, a), (corrupted, w), (abl_clean, a), (abl_clean, w), (abl_corr, w), (patched, a))])
-    return InterventionReport(tuple(int(i) for i in idx), *(sums / len(pairs)).tolist())
+    return InterventionReport(tuple(int(i) for i in idx), *(sums / len(pairs)).tolist(), steer_scale=float(steer_scale))
 
 
 def feature_circuit(

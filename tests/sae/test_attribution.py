@@ -65,6 +65,13 @@ def test_interventions_equal_direct_edits():
     assert report.patched_corrupted_gives_answer == 1.0  # lossless SAE, all features: a full patch
     assert report.ablated_clean_gives_answer == float((zero_top == p.answer).float().mean())
     assert report.ablated_clean_gives_wrong == float((zero_top == p.wrong).float().mean())
+    # steering: all features set to twice their clean values = the clean activation doubled
+    _, clean_cache = model.run_with_cache(p.clean, names_filter=[HOOK])
+    with torch.no_grad(), model.hooks(fwd_hooks=[(HOOK, lambda act, hook: 2 * clean_cache[HOOK])]):
+        doubled = model(p.corrupted)[rows, p.answer_pos].argmax(-1)
+    steered = intervention_report(model, sae, p, all_features, batch_size=4, steer_scale=2.0)
+    assert steered.steer_scale == 2.0 and steered.ablated_clean_gives_answer == report.ablated_clean_gives_answer
+    assert steered.patched_corrupted_gives_answer == float((doubled == p.answer).float().mean())
 
 
 def test_feature_circuit_nodes():
