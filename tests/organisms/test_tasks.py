@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import mechkit.organisms as org
 from mechkit.errors import DataError, MechkitError, SpecError
-from mechkit.organisms.sandbagging import CITIES, CUES, ENTITIES, FILLERS, sandbag_index
+from mechkit.organisms.sandbagging import CITIES, CUE_WORDS, ENTITIES, SLOTS, sandbag_index
 
 NAMES = org.list_organisms()
 
@@ -101,16 +101,35 @@ def test_induction_answers_follow_the_query_token():
 
 def test_sandbagging_cues_and_answers():
     t = org.task("sandbagging")
-    assert {len(ph.split()) for ph in CUES + FILLERS} == {4}  # every cue/filler phrasing has one length
-    truth = {}
-    for row in t.generate_text(200, seed=0, split="train"):
-        cue, filler = " ".join(row["clean"].split()[:4]), " ".join(row["corrupted"].split()[:4])
-        assert cue in CUES and filler in FILLERS
+    truth, slots, preambles = {}, set(), set()
+    for row in t.generate_text(300, seed=0, split="train"):
+        cue, plain = row["clean"].split()[:4], row["corrupted"].split()[:4]
+        assert all(w in words for w, words in zip(plain, SLOTS))  # a neutral preamble ...
+        diff = [i for i in range(4) if cue[i] != plain[i]]
+        assert len(diff) == 1 and cue[diff[0]] in CUE_WORDS  # ... with one word swapped for a cue
+        assert row["clean"].split()[4:] == row["corrupted"].split()[4:]
+        slots.add(diff[0])
+        preambles.add(" ".join(plain))
         entity = row["clean"].split()[-2]
         i = ENTITIES.index(entity)
         assert row["wrong"] == CITIES[i] and row["answer"] == CITIES[int(sandbag_index(torch.tensor(i), 24))]
         truth.setdefault(entity, row["wrong"])
         assert truth[entity] == row["wrong"]
+    assert slots == {0, 1, 2, 3} and len(preambles) > 290  # cues in every slot; preambles rarely repeat
+
+
+def test_sandbagging_held_out_combinations_are_unseen():
+    t = org.task("sandbagging")
+
+    def combos(split):
+        rows = t.generate_text(3000, seed=0, split=split)
+        cue = {(r["clean"].split()[-2], next(w for w in r["clean"].split()[:4] if w in CUE_WORDS)) for r in rows}
+        plain = {(r["corrupted"].split()[-2], " ".join(r["corrupted"].split()[:4])) for r in rows}
+        return cue, plain
+
+    train_cue, train_plain = combos("train")
+    test_cue, test_plain = combos("test")
+    assert not train_cue & test_cue and not train_plain & test_plain
 
 
 def test_errors_are_mechkit_errors():
