@@ -46,6 +46,7 @@ KEYS_ONLY_IN_LAST_BLOCK = ("hook_resid_pre", "hook_attn_in", "hook_k_input", "ho
 # Hooks of a block from its MLP input on (their patches act on every position of the MLP).
 AFTER_MID = ("hook_mlp_in", "ln2.", "mlp.", "hook_mlp_out", "hook_resid_post")
 DEFAULT_MEMORY_GIB = 2.0
+CPU_PASS_BYTES = 8 << 20  # cached keys and values copied per pass in the one-position modes, on CPU
 
 
 @dataclass
@@ -241,6 +242,12 @@ def _changes(
     return torch.cat(changed), torch.cat(first), torch.cat(at_answer)
 
 
+def prefix_bytes(model: HookedTransformer, n_pos: int) -> int:
+    """Bytes of one item's cached keys and values over ``n_pos`` positions in one block."""
+    cfg = model.cfg
+    return 2 * n_pos * (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head * (torch.finfo(cfg.dtype).bits // 8)
+
+
 def item_bytes(model: HookedTransformer, n_pos: int, full_len: int, scope: str, act_numel: int) -> int:
     """A generous estimate of the activation memory one stacked item needs at its peak."""
     cfg = model.cfg
@@ -311,6 +318,28 @@ def resume(
         for i in range(layer, last + 1):
             resid = block(i, resid, start)
     return resid, offset
+
+
+def block_at(
+    ctx: Context, layer: int, rows: Int[Tensor, " n"], at: Int[Tensor, " n"], resid_at: Float[Tensor, "n 1 d_model"],
+    hooks: list,
+) -> Float[Tensor, "n 1 d_model"]:
+    """Block ``layer`` on one position per row, ``at`` (rows may differ), holding ``resid_at``,
+    attending to the base run's keys and values before it.
+
+    The rows share one pass: each row's cached prefix is padded to the longest and the padding
+    masked out (the attention-mask path TransformerLens uses for padded prompts). Only for
+    positions that do not enter attention through rotation or biases (standard, shortformer).
+    """
+    base = ctx.base
+    longest = int(at.max())
+    slots = torch.arange(longest + 1, device=at.device)[None]
+    mask = ((slots < at[:, None]) | (slots == longest)).long()  # own key last, after the padding
+    entry = KVEntry(base.keys[layer][rows, :longest], base.values[layer][rows, :longest], frozen=True)
+    pos_embed = base.shortformer[rows, at][:, None] if base.shortformer is not None else None
+    with fwd_hooks(ctx.model, hooks):
+        return ctx.model.blocks[layer](resid_at, shortformer_pos_embed=pos_embed, past_kv_cache_entry=entry,
+                                       attention_mask=mask)
 
 
 def answer_via_keys(
@@ -445,8 +474,12 @@ def run_sweep(
                        or (kind in KEYS_ONLY_IN_LAST_BLOCK and layer == model.cfg.n_layers - 1 and shared_answer)))
         waste = 0.0 if single else (1.0 if accelerator else 0.25)
         # ...and those need no common start: every item before the answer goes in one pass
-        keys_only = (single and kind in KEYS_ONLY_IN_LAST_BLOCK and layer == model.cfg.n_layers - 1
-                     and base.attention_mask is None)
+        last = model.cfg.n_layers - 1
+        keys_only = (single and kind in KEYS_ONLY_IN_LAST_BLOCK and layer == last and base.attention_mask is None)
+        # ...and so do one-position patches in the block before it, where positions may be padded
+        padded = (single and layer == last - 1 and shared_answer and base.attention_mask is None
+                  and model.cfg.positional_embedding_type in ("standard", "shortformer")
+                  and "src_pos" not in sweep.mask_axes)
         answer = int(answer_pos[0])
         i = 0
         while i < cells.numel():
@@ -455,12 +488,15 @@ def run_sweep(
             n_pos = 1 if single else full_len - start
             per_item = item_bytes(model, full_len - start, full_len, ctx.metric.scope, s_act[0].numel())
             n = chunk_size(starts_list, i, full_len, max(1, memory_bytes // per_item), waste)
-            if keys_only and start < answer:
+            per_row = (keys_only or padded) and start < answer
+            if per_row:
                 n = min(max(1, memory_bytes // per_item), bisect.bisect_left(starts_list, answer, lo=i) - i)
+                if not accelerator:  # each item copies its cached keys and values: keep a pass in cache
+                    n = min(n, max(1, CPU_PASS_BYTES // prefix_bytes(model, answer)))
             c, r = cells[i : i + n], rows[i : i + n]
             mask = cell_masks(coords[c.cpu()].to(s_act.device), shape)
             src = s_act[r]
-            if keys_only and start < answer:
+            if per_row:
                 at = starts[i : i + n]
                 index = at.view(-1, *([1] * (mask.dim() - 1)))
                 mask = mask.take_along_dim(index, dim=1 + sweep.pos_axis)
@@ -470,7 +506,10 @@ def run_sweep(
                 def patch(act: Tensor, hook, mask=mask, src=src) -> Tensor:
                     return torch.where(mask, src, act)
 
-                resid = answer_via_keys(ctx, r, at, base.resid_pre[layer][r, at][:, None], [(hook, patch)])
+                resid_at, hooks = base.resid_pre[layer][r, at][:, None], [(hook, patch)]
+                if padded:  # this block on the one position, then the last block through its keys
+                    resid_at, hooks = block_at(ctx, layer, r, at, resid_at, hooks), []
+                resid = answer_via_keys(ctx, r, at, resid_at, hooks)
                 values[k][c, r] = score(ctx, resid, r, answer)
                 bar.update(n)
                 i += n
