@@ -466,20 +466,20 @@ def run_sweep(
         # One query position per cell, at a hook whose effect stays on that position in its
         # block: run that block on the one position. This needs equal starts per forward, so
         # accelerators (where each forward's fixed cost dominates) take fewer, larger passes.
-        # In the last block a patch before its attention mixing changes only that position's
-        # keys and values as far as the answer is concerned: the same holds there.
         kind = sweep.hook.split(".")[-1]
-        single = (not accelerator and sweep.mask_axes[sweep.pos_axis] in sweep.index
-                  and (kind in LOCAL_IN_LAST_BLOCK
-                       or (kind in KEYS_ONLY_IN_LAST_BLOCK and layer == model.cfg.n_layers - 1 and shared_answer)))
-        waste = 0.0 if single else (1.0 if accelerator else 0.25)
-        # ...and those need no common start: every item before the answer goes in one pass
         last = model.cfg.n_layers - 1
-        keys_only = (single and kind in KEYS_ONLY_IN_LAST_BLOCK and layer == last and base.attention_mask is None)
-        # ...and so do one-position patches in the block before it, where positions may be padded
-        padded = (single and layer == last - 1 and shared_answer and base.attention_mask is None
+        one_pos = sweep.mask_axes[sweep.pos_axis] in sweep.index
+        plain = shared_answer and base.attention_mask is None  # one answer position, no padding
+        # In the last block a patch before its attention mixing reaches the answer only through
+        # its position's keys and values: every item before the answer goes in one pass
+        keys_only = one_pos and kind in KEYS_ONLY_IN_LAST_BLOCK and layer == last and plain
+        # ...and so do one-position patches in the block before it, where cached positions can
+        # be padded and masked (positions that enter attention only through the residual)
+        padded = (one_pos and kind in LOCAL_IN_LAST_BLOCK and layer == last - 1 and plain
                   and model.cfg.positional_embedding_type in ("standard", "shortformer")
                   and "src_pos" not in sweep.mask_axes)
+        single = keys_only or (not accelerator and one_pos and kind in LOCAL_IN_LAST_BLOCK)
+        waste = 0.0 if single else (1.0 if accelerator else 0.25)
         answer = int(answer_pos[0])
         i = 0
         while i < cells.numel():
