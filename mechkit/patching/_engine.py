@@ -14,7 +14,12 @@ positions < ``s`` untouched, so a patched forward
 4. unembeds only what the metric reads (the two answer columns for the logit-diff family);
 5. a one-position patch after the attention mixing (head outputs, queries, patterns,
    attn/MLP outputs) changes only that position of its block's output: that block runs on
-   the one position, and in the last block only a patch at the answer position counts.
+   the one position, and in the last block only a patch at the answer position counts;
+6. the last block computes its MLP at the answer position only; where its input differs from
+   the unpatched run at one position ``p`` only (a one-position patch in the block before it,
+   or one before the attention mixing of the last block itself), it runs on ``p`` alone for
+   that position's keys and values, then on the answer with those spliced into the cached ones;
+7. the clean and corrupted runs that everything resumes from are one batched forward pass.
 
 Every step is exact: results equal one full forward per cell up to float rounding.
 """
