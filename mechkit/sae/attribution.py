@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from sae_lens import SAE
 from torch import Tensor
 from transformer_lens import HookedTransformer
@@ -139,10 +139,11 @@ def feature_intervention(
     features: Sequence[int],
     values: Float[Tensor, "pos n_features"] | Float[Tensor, "batch pos n_features"] | None = None,
     hook: str | None = None,
+    positions: Bool[Tensor, "batch pos"] | None = None,
 ) -> Iterator[HookedTransformer]:
     """Inside the block, ``features`` are zeroed (``values=None``) or set to ``values`` (per
-    position, or per prompt and position); what the SAE does not explain (the error term) is
-    left as it was."""
+    position, or per prompt and position), at every position or only where ``positions`` is
+    True; what the SAE does not explain (the error term) is left as it was."""
     hook = check_hook_name(model, sae_hook(sae, hook))
     idx = torch.as_tensor(list(features), dtype=torch.long, device=model.cfg.device)
 
@@ -153,7 +154,10 @@ def feature_intervention(
             f_new[..., idx] = 0
         else:
             f_new[..., idx] = values[..., : act.shape[1], :].to(f.device, f.dtype)
-        return act + (sae.decode(f_new) - sae.decode(f)).to(act.dtype)
+        delta = (sae.decode(f_new) - sae.decode(f)).to(act.dtype)
+        if positions is not None:
+            delta = delta * positions[:, : act.shape[1], None].to(delta.device, delta.dtype)
+        return act + delta
 
     with model.hooks(fwd_hooks=[(hook, edit)]):
         yield model
@@ -166,7 +170,8 @@ class InterventionReport:
     Clean prompts should give ``answer`` and corrupted ones ``wrong``. ``ablated_*`` zero the
     features; ``patched_corrupted_*`` set them, on each corrupted prompt, to ``steer_scale`` times
     their values on the paired clean prompt (adding what the clean prompt has and the corrupted
-    one lacks; a scale above 1 amplifies it, as in steering).
+    one lacks; a scale above 1 amplifies it, as in steering). ``where`` is ``"all"`` (every
+    position) or ``"diff"`` (only the positions where a pair's two prompts differ).
     """
 
     features: tuple[int, ...]
@@ -177,15 +182,21 @@ class InterventionReport:
     ablated_corrupted_gives_wrong: float  # ... while corrupted prompts keep theirs
     patched_corrupted_gives_answer: float  # adding them flips corrupted prompts to the clean answer
     steer_scale: float = 1.0
+    where: str = "all"
 
 
 @torch.no_grad()
 def intervention_report(
     model: HookedTransformer, sae: SAE, pairs: PromptPairs, features: Sequence[int], hook: str | None = None,
-    batch_size: int = 256, steer_scale: float = 1.0,
+    batch_size: int = 256, steer_scale: float = 1.0, where: str = "all",
 ) -> InterventionReport:
     """Zero-ablate ``features`` on both prompt sets, and patch their clean values (times
-    ``steer_scale``) into corrupted prompts."""
+    ``steer_scale``) into corrupted prompts; at every position (``where="all"``) or only where
+    the pair's prompts differ (``"diff"``)."""
+    if where not in ("all", "diff"):
+        from mechkit.errors import DataError
+
+        raise DataError(f"where must be 'all' or 'diff', got {where!r}")
     hook = check_hook_name(model, sae_hook(sae, hook))
     device = model.cfg.device
     sae = sae.to(device)
@@ -200,15 +211,17 @@ def intervention_report(
 
         _, cache = model.run_with_cache(batch.clean, names_filter=[hook])
         clean_values = sae.encode(cache[hook])[..., idx] * steer_scale
+        at = (batch.clean != batch.corrupted) if where == "diff" else None
         clean, corrupted = top(batch.clean), top(batch.corrupted)
-        with feature_intervention(model, sae, idx, hook=hook):
+        with feature_intervention(model, sae, idx, hook=hook, positions=at):
             abl_clean, abl_corr = top(batch.clean), top(batch.corrupted)
-        with feature_intervention(model, sae, idx, values=clean_values, hook=hook):
+        with feature_intervention(model, sae, idx, values=clean_values, hook=hook, positions=at):
             patched = top(batch.corrupted)
         a, w = batch.answer, batch.wrong
         sums += torch.tensor([float((x == y).sum()) for x, y in (
             (clean, a), (corrupted, w), (abl_clean, a), (abl_clean, w), (abl_corr, w), (patched, a))])
-    return InterventionReport(tuple(int(i) for i in idx), *(sums / len(pairs)).tolist(), steer_scale=float(steer_scale))
+    return InterventionReport(tuple(int(i) for i in idx), *(sums / len(pairs)).tolist(), steer_scale=float(steer_scale),
+                              where=where)
 
 
 def feature_circuit(

@@ -1,9 +1,11 @@
 """Feature attribution: with a lossless SAE, scores sum to plain attribution patching on the
 residual stream; interventions equal direct edits of the activation; circuits use F: nodes."""
 
+import pytest
 import torch
 
 from mechkit._types import Node, PromptPairs
+from mechkit.errors import DataError
 from mechkit.metrics import logit_diff
 from mechkit.sae import attribute_features, feature_circuit, feature_intervention, intervention_report
 from tests.conftest import tiny_hooked
@@ -82,3 +84,37 @@ def test_feature_circuit_nodes():
     circuit = feature_circuit(model, "tiny", attr, top, task={"name": "random"})
     assert [Node.parse(n).kind for n in circuit.nodes] == ["feature"] * 3
     assert circuit.node_scores[f"F:{HOOK}:{top[0]}"] == float(attr.scores[top[0]])
+
+
+def test_interventions_at_chosen_positions():
+    model, sae, p = tiny_hooked(), _identity_sae(), _pairs()
+    at = p.clean != p.corrupted  # the pairs differ at position 2 only
+    assert at.sum(1).eq(1).all() and at[:, 2].all()
+    with torch.no_grad(), feature_intervention(model, sae, list(range(32)), positions=at):
+        ablated = model(p.clean)
+
+    def zero_at_2(act, hook):
+        act = act.clone()
+        act[:, 2] = 0
+        return act
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(HOOK, zero_at_2)]):
+        direct = model(p.clean)
+    torch.testing.assert_close(ablated, direct, atol=1e-5, rtol=1e-5)
+    rows = torch.arange(6)
+    _, clean_cache = model.run_with_cache(p.clean, names_filter=[HOOK])
+
+    def clean_at_2(act, hook):
+        act = act.clone()
+        act[:, 2] = clean_cache[HOOK][:, 2]
+        return act
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(HOOK, clean_at_2)]):
+        patched_top = model(p.corrupted)[rows, p.answer_pos].argmax(-1)
+        ablated_top = direct[rows, p.answer_pos].argmax(-1)
+    rep = intervention_report(model, sae, p, list(range(32)), where="diff")
+    assert rep.where == "diff"
+    assert rep.patched_corrupted_gives_answer == float((patched_top == p.answer).float().mean())
+    assert rep.ablated_clean_gives_answer == float((ablated_top == p.answer).float().mean())
+    with pytest.raises(DataError):
+        intervention_report(model, sae, p, [0], where="somewhere")
