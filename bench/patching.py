@@ -172,6 +172,7 @@ def machine(device: str) -> dict:
         "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "device": device, "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),  # other jobs on the machine inflate times
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     try:
