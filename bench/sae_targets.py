@@ -3,11 +3,23 @@
     python bench/sae_targets.py --organisms sandbagging chekhov --device cuda --out mechkit-out/sae_targets
 
 Per organism: cache residual-stream activations of the task's training prompts (clean and
-corrupted), train a TopK SAE (d_sae = 8 x d_model) per hook, evaluate it on held-out prompts
-(explained variance, CE loss recovered, dead features), attribute the task's logit difference
-to its features, and check the top features by intervention (zero-ablation on clean prompts,
-patching their clean values into corrupted prompts). Writes ``targets.json``, the feature
-circuits (``*.circuit.json``) and a feature dashboard per organism under ``--out``.
+corrupted, every position), train a TopK SAE (d_sae = 8 x d_model) per hook with mechkit's
+default dead-feature window (a tenth of the run), and evaluate it on held-out prompts
+(explained variance, CE loss recovered, dead features: never firing on the held-out tokens).
+
+Feature circuits: attribute the task's logit difference to the SAE's features (attribution
+patching with an error term, summed over positions) on training-split prompts, and keep the
+features the clean prompt has and the corrupted one lacks. On the same training-split prompts,
+choose the smallest top-n set meeting the ablation targets (sandbagging: zeroing the cue
+features makes >= 80% of cue prompts truthful and keeps >= 95% of plain prompts truthful;
+chekhov: zeroing the threatener features at the threatener's mentions at least halves
+accuracy), then the smallest steering scale (1, 2, 4, 8) at which setting the features to
+scale x their clean values flips half of the corrupted prompts. Both are then measured on
+held-out prompts. Sandbagging intervenes at every position, chekhov only where the pair's
+prompts differ (the threatener's two mentions: the story names every person too).
+
+Writes ``targets.json``, the feature circuits (``*.circuit.json``, features as nodes) and a
+feature dashboard per organism under ``--out``.
 """
 
 import argparse
@@ -33,15 +45,48 @@ from mechkit.sae import (
     write_dashboard,
 )
 
-SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+SCALES = (1.0, 2.0, 4.0, 8.0)
+
+
+def ablation_ok(name: str, r) -> bool:
+    """The ablation half of the targets: sandbagging's cue features restore the truth on cue
+    prompts and leave plain prompts truthful; chekhov's threatener features halve accuracy."""
+    if name == "sandbagging":
+        return r.ablated_clean_gives_wrong >= 0.8 and r.ablated_corrupted_gives_wrong >= 0.95
+    return r.ablated_clean_gives_answer <= 0.5 * r.clean_gives_answer
 
 
 def passes(name: str, r) -> bool:
-    """The intervention targets: sandbagging's cue features; chekhov's threatener features."""
-    if name == "sandbagging":
-        return r.ablated_clean_gives_wrong >= 0.8 and r.ablated_corrupted_gives_wrong >= 0.95 and (
-            r.patched_corrupted_gives_answer >= 0.5)
-    return r.ablated_clean_gives_answer <= 0.5 * r.clean_gives_answer and r.patched_corrupted_gives_answer >= 0.5
+    """Both halves: the ablation targets, and adding the features flips >= half the plain prompts."""
+    return ablation_ok(name, r) and r.patched_corrupted_gives_answer >= 0.5
+
+
+WHERE = {"sandbagging": "all", "chekhov": "diff"}  # chekhov: only the threatener's mentions
+
+
+def select(name: str, model, sae, pairs, present, where: str):
+    """On training-split pairs: the smallest top-n feature set meeting the ablation targets (else
+    the best tried), then the smallest steering scale that flips half the corrupted prompts."""
+    attr = attribute_features(model, sae, pairs, batch_size=256)
+    tried = []
+    for n in SIZES:
+        feats = attr.top(n, present=present)
+        if tried and len(feats) == len(tried[-1][0]):
+            break
+        rep = intervention_report(model, sae, pairs, feats, where=where)
+        tried.append((feats, rep))
+        if ablation_ok(name, rep):
+            break
+    key = (lambda r: r.ablated_clean_gives_wrong + r.ablated_corrupted_gives_wrong) if name == "sandbagging" else (
+        lambda r: -r.ablated_clean_gives_answer)
+    feats, rep = next(((f, r) for f, r in tried if ablation_ok(name, r)), max(tried, key=lambda fr: key(fr[1])))
+    scale = SCALES[-1]
+    for sc in SCALES:
+        if intervention_report(model, sae, pairs, feats, steer_scale=sc, where=where).patched_corrupted_gives_answer >= 0.5:
+            scale = sc
+            break
+    return attr, feats, scale, [asdict(r) for _, r in tried]
 
 
 def run(name: str, args, out: Path) -> dict:
@@ -49,6 +94,7 @@ def run(name: str, args, out: Path) -> dict:
     model = load_model(f"organism:{name}", device=args.device)
     t = task(name)
     train_pairs = t.generate(args.n_train, seed=0, split="train")
+    select_pairs = t.generate(args.n_select, seed=2, split="train")
     test_pairs = t.generate(args.n_test, seed=1, split="test")
     hooks = args.hooks or [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers - 1)] + [
         f"blocks.{model.cfg.n_layers - 1}.hook_resid_mid", f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
@@ -56,43 +102,46 @@ def run(name: str, args, out: Path) -> dict:
     result: dict = {"organism": name, "d_model": model.cfg.d_model, "hooks": {}}
     for hook in hooks:
         cfg = TrainConfig(architecture="topk", expansion=8, k=args.k, steps=args.steps, batch_size=args.batch_size,
-                          lr=args.lr, device=args.device, dead_feature_window=200, seed=0)
+                          lr=args.lr, device=args.device, seed=0)
         sae_dir = out / name / "saes" / hook
-        train_sae(cache, hook, sae_dir, cfg)
+        t1 = time.time()
+        if not (args.reuse and (sae_dir / "cfg.json").is_file()):
+            train_sae(cache, hook, sae_dir, cfg)
+        train_s = time.time() - t1
         sae = load_sae(sae_dir, device=args.device)
         ev = evaluate_sae(model, sae, test_pairs, batch_size=256)
-        attr = attribute_features(model, sae, test_pairs, batch_size=256)
-        chosen, reports = None, []
-        for n in SIZES:
-            # sandbagging: features the cue prompt has and the plain one lacks; chekhov: both
-            # people's identity features count (the clean threatener's and the corrupted one's)
-            feats = attr.top(n, present="clean" if name == "sandbagging" else None)
-            if len(feats) < n and reports:
-                break
-            rep = intervention_report(model, sae, test_pairs, feats)
-            reports.append(asdict(rep))
-            if passes(name, rep):
-                chosen = rep
-                break
-        entry = {"eval": ev.to_dict(), "train": asdict(cfg), "interventions": reports,
-                 "passes": chosen is not None, "features": list(chosen.features) if chosen else None}
-        if chosen:
-            circuit = feature_circuit(model, f"organism:{name}", attr, chosen.features, task=test_pairs.task,
-                                      hyperparameters={"sae": str(sae_dir), "selection": "smallest top-n passing"})
-            from mechkit.artifacts import save_circuit
+        # features the clean prompt has and the corrupted one lacks: sandbagging's cue, chekhov's
+        # (clean) threatener at the positions that name them
+        where = WHERE.get(name, "all")
+        attr, feats, scale, tried = select(name, model, sae, select_pairs, "clean", where)
+        final = intervention_report(model, sae, test_pairs, feats, steer_scale=scale, where=where)
+        entry = {"eval": ev.to_dict(), "train": asdict(cfg), "train_seconds": round(train_s, 1),
+                 "selection": {"pairs": select_pairs.task, "tried": tried}, "features": feats,
+                 "steer_scale": scale, "held_out": asdict(final), "passes": passes(name, final)}
+        circuit = feature_circuit(
+            model, f"organism:{name}", attr, feats, task=select_pairs.task,
+            hyperparameters={"sae": str(sae_dir), "selection": "smallest top-n meeting the ablation targets on "
+                             "training-split pairs", "steer_scale": scale, "held_out": asdict(final),
+                             "held_out_task": test_pairs.task, "passes": entry["passes"]})
+        from mechkit.artifacts import save_circuit
 
-            path = out / f"{name}.{hook}.circuit.json"
-            save_circuit(circuit, path)
-            entry["circuit"] = str(path)
+        path = out / f"{name}.{hook}.circuit.json"
+        save_circuit(circuit, path)
+        entry["circuit"] = str(path)
         result["hooks"][hook] = entry
-        print(json.dumps({name: {hook: {k: entry["eval"][k] for k in ("explained_variance", "ce_recovered",
-                                                                      "dead_fraction", "l0")},
-                                 "passes": entry["passes"], "n_features": len(entry["features"] or [])}}), flush=True)
-    best = max(hooks, key=lambda h: (result["hooks"][h]["passes"], -len(result["hooks"][h]["features"] or [0] * 99),
+        f = entry["held_out"]
+        print(json.dumps({name: {hook: {k: round(entry["eval"][k], 4) for k in ("explained_variance", "ce_recovered",
+                                                                               "dead_fraction", "l0")},
+                                 "n_features": len(feats), "steer_scale": scale,
+                                 "restore": f["ablated_clean_gives_wrong"], "keep": f["ablated_corrupted_gives_wrong"],
+                                 "ablated_clean_gives_answer": f["ablated_clean_gives_answer"],
+                                 "induce": f["patched_corrupted_gives_answer"], "passes": entry["passes"]}}),
+              flush=True)
+    best = max(hooks, key=lambda h: (result["hooks"][h]["passes"], -len(result["hooks"][h]["features"]),
                                      result["hooks"][h]["eval"]["explained_variance"]))
     sae = load_sae(out / name / "saes" / best, device=args.device)
     stats = feature_stats(model, sae, test_pairs)
-    feats = result["hooks"][best]["features"] or stats.most_frequent(10)
+    feats = result["hooks"][best]["features"]
     write_dashboard(model, sae, stats, out / f"{name}.dashboard.html", features=list(feats)[:16] + stats.most_frequent(8),
                     title=f"organism:{name} {best}")
     result["best_hook"] = best
@@ -107,18 +156,20 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="mechkit-out/sae_targets")
     ap.add_argument("--n-train", type=int, default=8192)
-    ap.add_argument("--n-test", type=int, default=1024)
+    ap.add_argument("--n-test", type=int, default=4096, help="held-out pairs (evaluation and interventions)")
+    ap.add_argument("--n-select", type=int, default=1024, help="training-split pairs for choosing features")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--reuse", action="store_true", help="keep SAEs already trained under --out")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"args": vars(args), "organisms": {}}
+    results = {"args": vars(args), "torch_threads": torch.get_num_threads(), "organisms": {}}
     for name in args.organisms:
         results["organisms"][name] = run(name, args, out)
         (out / "targets.json").write_text(json.dumps(results, indent=1))
