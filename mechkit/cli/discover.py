@@ -47,12 +47,12 @@ def discover(
     n: int = typer.Option(64, help="number of prompt pairs generated with --task"),
     seed: int = typer.Option(0, help="seed of the generated prompt pairs"),
     split: str = typer.Option("test", help="task split: train or test"),
-    method: str = typer.Option("eap-ig", help="eap, eap-ig, exact, acdc or oracle"),
+    method: str = typer.Option("eap-ig", help="eap, eap-ig, eap-ig-activations, exact, acdc or oracle"),
     edges: str = typer.Option("5%", help="edge budget: a count (40) or a percentage (5%)"),
     rule: str = typer.Option("top-n", help="top-n, greedy or threshold"),
     threshold: float = typer.Option(None, help="score threshold for --rule threshold"),
     ablation: str = typer.Option("resample", help="resample, mean or zero"),
-    ig_steps: int = typer.Option(5, help="eap-ig interpolation steps"),
+    ig_steps: int = typer.Option(5, help="eap-ig / eap-ig-activations interpolation steps"),
     tau: float = typer.Option(0.01, help="acdc threshold on the objective's rise"),
     target: float = typer.Option(0.9, help="oracle faithfulness target"),
     out: Path = typer.Option(None, help="directory to save circuit.json in"),
@@ -69,7 +69,7 @@ def discover(
     with console.status(f"loading {spec}"):
         model = load_model(spec, device=device)
         pairs = load_pairs(model, task, data, n, seed, split)
-    options = {"eap-ig": {"ig_steps": ig_steps}, "acdc": {"tau": tau}, "oracle": {"target": target}}.get(method, {})
+    options = {"eap-ig": {"ig_steps": ig_steps}, "eap-ig-activations": {"ig_steps": ig_steps}, "acdc": {"tau": tau}, "oracle": {"target": target}}.get(method, {})
     circuit = run_discover(
         model, pairs, method, edges, rule=rule, threshold=threshold, ablation=ablation,
         model_spec=spec, progress=True, **options,

@@ -61,7 +61,7 @@ def attribute(
     >>> scores.top_edges(40).in_circuit.sum()                    # doctest: +SKIP
     tensor(40)
 
-    Methods: ``eap``, ``eap-ig`` (``ig_steps``, default 5), ``exact``. ``metric(logits, pairs)``
+    Methods: ``eap``, ``eap-ig`` and ``eap-ig-activations`` (``ig_steps``, default 5), ``exact``. ``metric(logits, pairs)``
     returns one value per prompt (default: logit difference).
     """
     if method in SELECTING:
@@ -107,7 +107,7 @@ def discover(
     """Find a circuit and measure it: scores, selection, dangling-edge pruning, then faithfulness
     under resample ablation (with a bootstrap interval) on ``eval_pairs`` (default ``pairs``).
 
-    Scoring methods (``eap``, ``eap-ig``, ``exact``) select by ``rule`` ("top-n", "greedy" with the
+    Scoring methods (``eap``, ``eap-ig``, ``eap-ig-activations``, ``exact``) select by ``rule`` ("top-n", "greedy" with the
     ``edges`` budget — an int or ``"5%"`` — or "threshold" with ``threshold``). ``acdc``
     (``tau``, ``objective``) and ``oracle`` (``target``) select edges themselves.
     """

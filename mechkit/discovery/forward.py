@@ -314,3 +314,50 @@ def receiver_grads(
         if grad is not None:
             out[:, :, sl] = _grouped(grad)
     return out
+
+
+
+def receiver_grads_replaced(
+    model: HookedTransformer,
+    graph: Graph,
+    pairs: PromptPairs,
+    hook_name: str,
+    values: Float[Tensor, "c batch pos d_model"],
+    metric: Metric,
+) -> Float[Tensor, "batch pos n_bwd d_model"]:
+    """Gradient of ``metric(...).sum()`` with respect to every receiver's input, on the clean
+    prompts with the activation at ``hook_name`` replaced by the constant ``values[i]`` (one run
+    per ``i``, batched), summed over the runs. The replacement is a leaf: no gradient flows through
+    it to what computed it, so receivers that feed only into the replaced activation get zero. Parameters' ``.grad`` are left untouched."""
+    device = model.cfg.device
+    n_runs = values.shape[0]
+    saved: list[tuple[slice, Tensor]] = []
+
+    def on_embed(act: Tensor, hook) -> Tensor:
+        return act.detach().requires_grad_(True)
+
+    def on_replaced(act: Tensor, hook) -> Tensor:
+        new = einops.rearrange(values, "c b p d -> (c b) p d").to(device=device, dtype=act.dtype)
+        return new.detach().requires_grad_(True)
+
+    def on_receiver(sl: slice):
+        def hook(act: Tensor, hook) -> Tensor:
+            saved.append((sl, act))
+            return act
+
+        return hook
+
+    hooks = [("blocks.0.hook_resid_pre", on_embed), (hook_name, on_replaced)]
+    hooks += [(name, on_receiver(sl)) for name, sl, _ in receiver_hooks(graph)]
+    tokens = pairs.clean.to(device).repeat(n_runs, 1)
+    with torch.enable_grad(), graph_hooks_enabled(model):
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        value = metric(logits, repeat_pairs(pairs, n_runs)).sum()
+        needs = [(sl, t) for sl, t in saved if t.requires_grad]
+        grads = torch.autograd.grad(value, [t for _, t in needs], allow_unused=True)
+    batch, pos = pairs.clean.shape
+    out = torch.zeros(n_runs * batch, pos, graph.n_backward, model.cfg.d_model, device=device, dtype=logits.dtype)
+    for (sl, _), grad in zip(needs, grads):
+        if grad is not None:
+            out[:, :, sl] = _grouped(grad)
+    return einops.reduce(out, "(c b) p r d -> b p r d", "sum", c=n_runs)

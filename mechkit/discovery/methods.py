@@ -9,6 +9,12 @@ hyperparameters' defaults:
 - ``eap-ig`` (Hanna et al. 2024, EAP-IG-inputs): as EAP, but the gradient is averaged over
   ``ig_steps`` runs whose input embeddings are ``ablated + k/ig_steps (clean - ablated)``,
   k = 0 .. ig_steps-1 (the reference implementation's steps).
+- ``eap-ig-activations`` (EAP-IG's ``EAP-IG-activations``, ``get_scores_ig_activations``): the
+  interpolation is at activations instead of inputs. For each sender group (the embedding, each
+  layer's heads, each MLP) and k = 1 .. ig_steps, that group's output is set to
+  the constant ``ablated + k/ig_steps (clean - ablated)`` (so no gradient flows through it in
+  that run); gradients at every receiver, summed over all these runs and divided by their
+  number, multiply ``ablated_s - clean_s``.
 - ``exact``: patch one edge at a time (many edges per batched forward) and measure
   ``mean metric(edge ablated) - mean metric(clean)``; node scores patch one node's output.
 
@@ -31,7 +37,9 @@ from mechkit._types import PromptPairs
 from mechkit.discovery.forward import (
     Metric,
     receiver_grads,
+    receiver_grads_replaced,
     repeat_pairs,
+    sender_hooks,
     run_masked_chunked,
     sender_outputs,
 )
@@ -119,6 +127,42 @@ def eap_ig(
         g = receiver_grads(model, graph, repeat_pairs(pairs, len(ks)), metric, embed=embed)
         grads = grads + einops.reduce(g, "(s b) p r d -> b p r d", "sum", s=len(ks))
     return _gradient_scores(graph, ablated - clean, grads / ig_steps, batch)
+
+
+@register("eap-ig-activations", ig_steps=5)
+def eap_ig_activations(
+    model: HookedTransformer,
+    graph: Graph,
+    pairs: PromptPairs,
+    metric: Metric,
+    ablated: Tensor,
+    *,
+    ig_steps: int = 5,
+    progress: bool = False,
+    max_batch: int = 512,
+) -> tuple[Tensor, Tensor]:
+    if not isinstance(ig_steps, int) or ig_steps < 1:
+        raise MethodError(f"ig_steps must be a positive integer, got {ig_steps!r}")
+    device = model.cfg.device
+    clean = sender_outputs(model, graph, pairs.clean.to(device))
+    groups = sender_hooks(graph)
+    wanted = {g.patch_hook for g in groups}
+    with torch.no_grad():
+        _, cache = model.run_with_cache(pairs.clean.to(device), names_filter=lambda name: name in wanted)
+    per = max(1, max_batch // len(pairs))
+    grads, runs = 0.0, 0
+    for group in tqdm(groups, desc="eap-ig-activations", disable=not progress, leave=False):
+        # the group's clean output and its ablated output, as the activation at patch_hook
+        hook = group.patch_hook
+        out_clean = cache[hook]
+        out_ablated = out_clean + (ablated[:, :, group.fwd] - clean[:, :, group.fwd]).sum(2)
+        for first in range(1, ig_steps + 1, per):
+            ks = torch.arange(first, min(first + per, ig_steps + 1), device=device, dtype=out_clean.dtype)
+            alphas = (ks / ig_steps)[:, None, None, None]
+            values = out_ablated + alphas * (out_clean - out_ablated)  # [c, b, p, d]
+            grads = grads + receiver_grads_replaced(model, graph, pairs, hook, values.detach(), metric)
+            runs += len(ks)
+    return _gradient_scores(graph, ablated - clean, grads / runs, len(pairs))
 
 
 @register("exact")

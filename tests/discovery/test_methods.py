@@ -229,3 +229,83 @@ def test_user_metric_is_used(model, pairs):
     b = attribute(model, pairs, "eap")
     assert a.hyperparameters["metric"] == "answer_logit"
     assert not torch.allclose(a.scores, b.scores)
+
+
+def hand_eap_ig_activations(model, pairs, steps):
+    """EAP-IG-activations with plain TransformerLens hooks: for each layer node (embedding, a
+    layer's attention output, an MLP) and k = 1..steps, replace that output by k/steps clean +
+    (1 - k/steps) corrupted; average receiver-input gradients over all runs."""
+    graph = Graph.from_model(model)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    model.set_use_attn_result(True)
+    model.set_use_split_qkv_input(True)
+    model.set_use_hook_mlp_in(True)
+    try:
+        _, clean_cache = model.run_with_cache(pairs.clean)
+        _, corr_cache = model.run_with_cache(pairs.corrupted)
+
+        def outputs(cache):
+            out = {"embed": cache["blocks.0.hook_resid_pre"]}
+            for layer in range(n_layers):
+                for h in range(n_heads):
+                    out[f"L{layer}H{h}"] = cache[f"blocks.{layer}.attn.hook_result"][:, :, h]
+                out[f"M{layer}"] = cache[f"blocks.{layer}.hook_mlp_out"]
+            return out
+
+        clean, corrupted = outputs(clean_cache), outputs(corr_cache)
+        layer_nodes = ["blocks.0.hook_resid_pre"]
+        for layer in range(n_layers):
+            layer_nodes += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
+        receivers = {}
+        for layer in range(n_layers):
+            for x in "qkv":
+                for h in range(n_heads):
+                    receivers[f"L{layer}H{h}<{x}>"] = (f"blocks.{layer}.hook_{x}_input", h)
+            receivers[f"M{layer}"] = (f"blocks.{layer}.hook_mlp_in", None)
+        receivers["logits"] = (f"blocks.{n_layers - 1}.hook_resid_post", None)
+        grads = {name: 0.0 for name in receivers}
+        runs = 0
+        for node in layer_nodes:
+            for k in range(1, steps + 1):
+                alpha = k / steps
+                mixed = (alpha * clean_cache[node] + (1 - alpha) * corr_cache[node]).detach()
+                acts = {}
+
+                def save(act, hook):
+                    acts[hook.name] = act
+                    return act
+
+                def interpolate(act, hook, mixed=mixed):
+                    return mixed.clone().requires_grad_(True)
+
+                hooks = [(node, interpolate)]
+                if node != "blocks.0.hook_resid_pre":  # keep every receiver input on the autograd graph
+                    hooks.insert(0, ("blocks.0.hook_resid_pre", lambda act, hook: act.detach().requires_grad_(True)))
+                hooks += [(hook_name, save) for hook_name in {h for h, _ in receivers.values()}]
+                logits = model.run_with_hooks(pairs.clean, fwd_hooks=hooks)
+                names = sorted(acts)
+                g = torch.autograd.grad(logit_diff(logits, pairs).sum(), [acts[n] for n in names], allow_unused=True)
+                g = dict(zip(names, g))
+                for name, (hook_name, h) in receivers.items():
+                    if g[hook_name] is not None:
+                        grads[name] = grads[name] + (g[hook_name][:, :, h] if h is not None else g[hook_name])
+                runs += 1
+        scores = []
+        for name in graph.edge_names:
+            src, dst = name.split("->")
+            scores.append(((corrupted[src] - clean[src]) * grads[dst] / runs).sum() / len(pairs))
+        return torch.stack(scores).detach()
+    finally:
+        model.set_use_attn_result(False)
+        model.set_use_split_qkv_input(False)
+        model.set_use_hook_mlp_in(False)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_eap_ig_activations_equals_hand_written_formula(model, pairs, steps):
+    scores = attribute(model, pairs, "eap-ig-activations", ig_steps=steps, max_batch=12)  # two runs per forward
+    expected = hand_eap_ig_activations(model, pairs, steps)
+    torch.testing.assert_close(scores.scores, expected, atol=1e-5, rtol=1e-4)
+    assert expected.abs().max() > 1e-3
+    # a different method: at one step it is EAP-at-clean, not EAP-IG-inputs
+    assert not torch.allclose(scores.scores, attribute(model, pairs, "eap-ig", ig_steps=steps).scores, atol=1e-4)
