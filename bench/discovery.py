@@ -10,7 +10,8 @@ For every organism under assets/organisms (missing ones are skipped with a note)
   no resample-ablation method can see; the JSON has the resample AUROCs too;
 - every organism: faithfulness of the EAP-IG circuit at 10% of edges, top-n and greedy
   (target >= 0.9), the smallest top-n budget that reaches 0.9, Jaccard of its nodes with the oracle's smallest node set reaching 0.9
-  (target >= 0.9), Pearson of EAP-IG against exact edge patching (target >= 0.9), CPR/CMD of
+  (target >= 0.9), Pearson of EAP-IG against exact edge patching (target >= 0.9; also of the EAP-IG library's
+  EAP-IG-activations variant, for comparison), CPR/CMD of
   the MIB faithfulness curve, ACDC's circuit (tau 0.1 on |metric change|) for comparison,
   time of full EAP-IG scoring (target <= 10 s on CPU), and time of
   the whole curve in units of one plain forward over the same prompts (target <= 20).
@@ -18,6 +19,7 @@ For every organism under assets/organisms (missing ones are skipped with a note)
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -128,6 +130,8 @@ def bench_one(name: str, n: int, seed: int) -> dict:
     row["pearson_exact"] = float(np.corrcoef(scores.scores.numpy(), exact.scores.numpy())[0, 1])
     row["pearson_exact_nodes"] = float(np.corrcoef(scores.node_scores.numpy(), exact.node_scores.numpy())[0, 1])
     row["spearman_exact"] = float(spearmanr(scores.scores.numpy(), exact.scores.numpy())[0])
+    act = attribute(model, pairs, "eap-ig-activations")  # the EAP-IG library's activation-space variant
+    row["pearson_exact_ig_activations"] = float(np.corrcoef(act.scores.numpy(), exact.scores.numpy())[0, 1])
     return row
 
 
@@ -142,6 +146,7 @@ def print_table(rows: list[dict]) -> None:
         ("F>=0.9 at", "min_budget_f90_frac", ".1%"),
         ("Jacc(top-k,oracle)", "jaccard_topk", ".2f"), ("Jacc(circ,oracle)", "jaccard_circuit", ".2f"),
         ("r(IG,exact)", "pearson_exact", ".3f"), ("rho(IG,exact)", "spearman_exact", ".3f"),
+        ("r(IG-act,exact)", "pearson_exact_ig_activations", ".3f"),
         ("CPR", "cpr", ".3f"), ("CMD", "cmd", ".3f"), ("ACDC edges", "acdc_edges", "d"), ("ACDC F", "acdc_faith", ".3f"),
         ("EAP-IG s", "eap_ig_s", ".2f"), ("curve/fwd", "curve_forwards", ".1f"),
     ]
@@ -160,8 +165,10 @@ def main() -> None:
     parser.add_argument("--organisms", default=",".join(ORGANISMS), help="comma-separated organism names")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--machine", help="describe the machine in the JSON (default: architecture and threads)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load = [round(x, 2) for x in os.getloadavg()]
     have = set(available_organisms())
     rows = []
     for name in args.organisms.split(","):
@@ -175,7 +182,9 @@ def main() -> None:
     else:
         print("no organisms to benchmark")
     if args.out:
-        meta = {"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__}
+        machine = args.machine or f"{platform.machine()} CPU"
+        meta = {"machine": f"{machine}, {torch.get_num_threads()} torch threads", "torch": torch.__version__,
+                "load_average_at_start": load}
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
         print(f"wrote {args.out}")
 
