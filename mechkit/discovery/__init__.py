@@ -9,7 +9,7 @@
 >>> circuit = mechkit.discover(model, pairs, method="eap-ig", edges=40)  # doctest: +SKIP
 
 Modules: ``graph`` (nodes, edges, dense index), ``forward`` (patched forwards), ``methods``
-(registered scorers: eap, eap-ig, exact), ``select``, ``acdc``, ``oracle``, ``evaluate``
+(registered scorers: eap, eap-ig, eap-ig-activations, exact), ``select``, ``acdc``, ``oracle``, ``evaluate``
 (faithfulness, curves, CPR/CMD, robustness), ``ground_truth`` (AUROC, Jaccard).
 """
 
