@@ -197,7 +197,7 @@ def test_dead_head_scores_exactly_zero():
         model.blocks[0].attn.W_O[1] = 0.0
         model.blocks[0].attn.b_O.zero_()
     pairs = random_pairs(seed=1)
-    for method in ("eap", "eap-ig", "exact"):
+    for method in ("eap", "eap-ig", "eap-ig-activations", "exact"):
         scores = attribute(model, pairs, method)
         dead = [i for i, n in enumerate(scores.edge_names) if n.startswith("L0H1->")]
         assert scores.scores[dead].abs().max() < 1e-6, method
@@ -309,3 +309,14 @@ def test_eap_ig_activations_equals_hand_written_formula(model, pairs, steps):
     assert expected.abs().max() > 1e-3
     # a different method: at one step it is EAP-at-clean, not EAP-IG-inputs
     assert not torch.allclose(scores.scores, attribute(model, pairs, "eap-ig", ig_steps=steps).scores, atol=1e-4)
+
+
+@pytest.mark.parametrize("ablation", ["mean", "zero"])
+def test_eap_ig_activations_at_full_steps_under_other_ablations(model, pairs, ablation):
+    """With one step every run is the clean run with one group's output cut from the autograd
+    graph; the gradient at the logits receiver does not depend on that, so edges into the logits
+    score as in EAP (and the mean/zero ablated values enter the same way)."""
+    act = attribute(model, pairs, "eap-ig-activations", ig_steps=1, ablation=ablation)
+    eap = attribute(model, pairs, "eap", ablation=ablation)
+    to_logits = [i for i, n in enumerate(act.edge_names) if n.endswith("->logits")]
+    torch.testing.assert_close(act.scores[to_logits], eap.scores[to_logits], atol=1e-5, rtol=1e-4)
