@@ -36,3 +36,15 @@ def test_cli_with_task(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "L1H0" in result.output and (tmp_path / "circuit.json").is_file()
+
+
+def test_cli_eap_ig_activations_passes_ig_steps(tmp_path):
+    from mechkit.artifacts import load_circuit
+
+    result = CliRunner().invoke(
+        app, ["discover", "organism:wired-induction", "--task", "wired-induction", "--n", "16", "--method",
+              "eap-ig-activations", "--ig-steps", "2", "--edges", "10%", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    circuit = load_circuit(tmp_path / "circuit.json")
+    assert circuit.method == "eap-ig-activations" and circuit.hyperparameters["ig_steps"] == 2
