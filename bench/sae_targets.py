@@ -118,6 +118,8 @@ def run(name: str, args, out: Path) -> dict:
         entry = {"eval": ev.to_dict(), "train": asdict(cfg), "train_seconds": round(train_s, 1),
                  "selection": {"pairs": select_pairs.task, "tried": tried}, "features": feats,
                  "steer_scale": scale, "held_out": asdict(final), "passes": passes(name, final)}
+        if scale != 1.0:  # what adding the features at their own strength does
+            entry["held_out_scale_1"] = asdict(intervention_report(model, sae, test_pairs, feats, where=where))
         circuit = feature_circuit(
             model, f"organism:{name}", attr, feats, task=select_pairs.task,
             hyperparameters={"sae": str(sae_dir), "selection": "smallest top-n meeting the ablation targets on "
