@@ -172,7 +172,6 @@ def machine(device: str) -> dict:
         "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "device": device, "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),  # other jobs on the machine inflate times
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     try:
@@ -205,6 +204,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    load_at_start = round(os.getloadavg()[0], 2)
     rows = []
     jobs = []
     gpt2_layers = [int(x) for x in args.gpt2_layers.split(",")] if args.gpt2_layers else None
@@ -237,6 +237,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     info = machine(device)
+    info["load_avg_1m_at_start"] = load_at_start  # other jobs on the machine inflate times
     table = ["| model | pairs | sweep | cells | TransformerLens s | mechkit s | speed-up | max abs diff |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
