@@ -99,6 +99,11 @@ def eap(
     return _gradient_scores(graph, ablated - clean, grads, len(pairs))
 
 
+def check_ig_steps(ig_steps: object) -> None:
+    if not isinstance(ig_steps, int) or ig_steps < 1:
+        raise MethodError(f"ig_steps must be a positive integer, got {ig_steps!r}")
+
+
 @register("eap-ig", ig_steps=5)
 def eap_ig(
     model: HookedTransformer,
@@ -111,8 +116,7 @@ def eap_ig(
     progress: bool = False,
     max_batch: int = 512,
 ) -> tuple[Tensor, Tensor]:
-    if not isinstance(ig_steps, int) or ig_steps < 1:
-        raise MethodError(f"ig_steps must be a positive integer, got {ig_steps!r}")
+    check_ig_steps(ig_steps)
     clean = sender_outputs(model, graph, pairs.clean.to(model.cfg.device))
     start = ablated[:, :, 0].expand_as(clean[:, :, 0])  # [b, p, d]
     step = clean[:, :, 0] - start
@@ -141,8 +145,7 @@ def eap_ig_activations(
     progress: bool = False,
     max_batch: int = 512,
 ) -> tuple[Tensor, Tensor]:
-    if not isinstance(ig_steps, int) or ig_steps < 1:
-        raise MethodError(f"ig_steps must be a positive integer, got {ig_steps!r}")
+    check_ig_steps(ig_steps)
     device = model.cfg.device
     clean = sender_outputs(model, graph, pairs.clean.to(device))
     groups = sender_hooks(graph)

@@ -22,6 +22,28 @@ def mask_gradient_eap(model, pairs, ablation="resample"):
     return -graph.from_matrix(grad[0]) / len(pairs)
 
 
+def sender_values(cache, n_layers, n_heads):
+    """Each sender node's output, by node name, from a cache run with attention results on."""
+    out = {"embed": cache["blocks.0.hook_resid_pre"]}
+    for layer in range(n_layers):
+        for h in range(n_heads):
+            out[f"L{layer}H{h}"] = cache[f"blocks.{layer}.attn.hook_result"][:, :, h]
+        out[f"M{layer}"] = cache[f"blocks.{layer}.hook_mlp_out"]
+    return out
+
+
+def receiver_inputs(n_layers, n_heads):
+    """Receiver node name -> (the hook holding its input, its head or None)."""
+    receivers = {}
+    for layer in range(n_layers):
+        for x in "qkv":
+            for h in range(n_heads):
+                receivers[f"L{layer}H{h}<{x}>"] = (f"blocks.{layer}.hook_{x}_input", h)
+        receivers[f"M{layer}"] = (f"blocks.{layer}.hook_mlp_in", None)
+    receivers["logits"] = (f"blocks.{n_layers - 1}.hook_resid_post", None)
+    return receivers
+
+
 def hand_eap_ig(model, pairs, steps):
     """EAP-IG-inputs written out with plain TransformerLens hooks, one receiver hook per name."""
     graph = Graph.from_model(model)
@@ -31,22 +53,10 @@ def hand_eap_ig(model, pairs, steps):
     model.set_use_hook_mlp_in(True)
     try:
         def outputs(tokens):
-            _, cache = model.run_with_cache(tokens)
-            out = {"embed": cache["blocks.0.hook_resid_pre"]}
-            for layer in range(n_layers):
-                for h in range(n_heads):
-                    out[f"L{layer}H{h}"] = cache[f"blocks.{layer}.attn.hook_result"][:, :, h]
-                out[f"M{layer}"] = cache[f"blocks.{layer}.hook_mlp_out"]
-            return out
+            return sender_values(model.run_with_cache(tokens)[1], n_layers, n_heads)
 
         clean, corrupted = outputs(pairs.clean), outputs(pairs.corrupted)
-        receivers = {}
-        for layer in range(n_layers):
-            for x in "qkv":
-                for h in range(n_heads):
-                    receivers[f"L{layer}H{h}<{x}>"] = (f"blocks.{layer}.hook_{x}_input", h)
-            receivers[f"M{layer}"] = (f"blocks.{layer}.hook_mlp_in", None)
-        receivers["logits"] = (f"blocks.{n_layers - 1}.hook_resid_post", None)
+        receivers = receiver_inputs(n_layers, n_heads)
         grads = {name: 0.0 for name in receivers}
         for k in range(steps):
             alpha = k / steps
@@ -244,25 +254,11 @@ def hand_eap_ig_activations(model, pairs, steps):
         _, clean_cache = model.run_with_cache(pairs.clean)
         _, corr_cache = model.run_with_cache(pairs.corrupted)
 
-        def outputs(cache):
-            out = {"embed": cache["blocks.0.hook_resid_pre"]}
-            for layer in range(n_layers):
-                for h in range(n_heads):
-                    out[f"L{layer}H{h}"] = cache[f"blocks.{layer}.attn.hook_result"][:, :, h]
-                out[f"M{layer}"] = cache[f"blocks.{layer}.hook_mlp_out"]
-            return out
-
-        clean, corrupted = outputs(clean_cache), outputs(corr_cache)
+        clean, corrupted = sender_values(clean_cache, n_layers, n_heads), sender_values(corr_cache, n_layers, n_heads)
         layer_nodes = ["blocks.0.hook_resid_pre"]
         for layer in range(n_layers):
             layer_nodes += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
-        receivers = {}
-        for layer in range(n_layers):
-            for x in "qkv":
-                for h in range(n_heads):
-                    receivers[f"L{layer}H{h}<{x}>"] = (f"blocks.{layer}.hook_{x}_input", h)
-            receivers[f"M{layer}"] = (f"blocks.{layer}.hook_mlp_in", None)
-        receivers["logits"] = (f"blocks.{n_layers - 1}.hook_resid_post", None)
+        receivers = receiver_inputs(n_layers, n_heads)
         grads = {name: 0.0 for name in receivers}
         runs = 0
         for node in layer_nodes:
