@@ -1,4 +1,4 @@
-"""Everything that depends on TransformerLens's loading internals lives here.
+"""Everything that depends on TransformerLens internals (loading, hook bookkeeping) lives here.
 
 TransformerLens 3.9 is the pinned version; when mechkit moves to 4.x (TransformerBridge),
 this module is the one place to change.

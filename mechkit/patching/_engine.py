@@ -492,44 +492,39 @@ def run_sweep(
             full_len = base.tokens.shape[1]
             n_pos = 1 if single else full_len - start
             per_item = item_bytes(model, full_len - start, full_len, ctx.metric.scope, s_act[0].numel())
-            n = chunk_size(starts_list, i, full_len, max(1, memory_bytes // per_item), waste)
-            per_row = (keys_only or padded) and start < answer
+            per_row = (keys_only or padded) and start < answer  # each item at its own position
             if per_row:
                 n = min(max(1, memory_bytes // per_item), bisect.bisect_left(starts_list, answer, lo=i) - i)
                 if not accelerator:  # each item copies its cached keys and values: keep a pass in cache
                     n = min(n, max(1, CPU_PASS_BYTES // prefix_bytes(model, answer)))
+            else:
+                n = chunk_size(starts_list, i, full_len, max(1, memory_bytes // per_item), waste)
             c, r = cells[i : i + n], rows[i : i + n]
             mask = cell_masks(coords[c.cpu()].to(s_act.device), shape)
             src = s_act[r]
-            if per_row:
+            if per_row:  # cut to each item's own position
                 at = starts[i : i + n]
                 index = at.view(-1, *([1] * (mask.dim() - 1)))
                 mask = mask.take_along_dim(index, dim=1 + sweep.pos_axis)
                 src = src.take_along_dim(index.view(*index.shape, *([1] * n_feat)), dim=1 + sweep.pos_axis)
-                mask = mask.reshape(*mask.shape, *([1] * n_feat))
-
-                def patch(act: Tensor, hook, mask=mask, src=src) -> Tensor:
-                    return torch.where(mask, src, act)
-
-                resid_at, hooks = base.resid_pre[layer][r, at][:, None], [(hook, patch)]
-                if padded:  # this block on the one position, then the last block through its keys
-                    resid_at, hooks = block_at(ctx, layer, r, at, resid_at, hooks), []
-                resid = answer_via_keys(ctx, r, at, resid_at, hooks)
-                values[k][c, r] = score(ctx, resid, r, answer)
-                bar.update(n)
-                i += n
-                continue
-            for a, axis in enumerate(sweep.mask_axes):  # cut to the positions this forward computes
-                if a == sweep.pos_axis:
-                    mask, src = mask.narrow(1 + a, start, n_pos), src.narrow(1 + a, start, n_pos)
-                elif axis == "src_pos":
-                    mask, src = mask.narrow(1 + a, 0, start + n_pos), src.narrow(1 + a, 0, start + n_pos)
+            else:  # cut to the positions this forward computes
+                for a, axis in enumerate(sweep.mask_axes):
+                    if a == sweep.pos_axis:
+                        mask, src = mask.narrow(1 + a, start, n_pos), src.narrow(1 + a, start, n_pos)
+                    elif axis == "src_pos":
+                        mask, src = mask.narrow(1 + a, 0, start + n_pos), src.narrow(1 + a, 0, start + n_pos)
             mask = mask.reshape(*mask.shape, *([1] * n_feat))
 
             def patch(act: Tensor, hook, mask=mask, src=src) -> Tensor:
                 return torch.where(mask, src, act)
 
-            resid, offset = resume(ctx, layer, r, start, [(hook, patch)], single, answer_only)
+            if per_row:
+                resid_at, hooks = base.resid_pre[layer][r, at][:, None], [(hook, patch)]
+                if padded:  # this block on the one position, then the last block through its keys
+                    resid_at, hooks = block_at(ctx, layer, r, at, resid_at, hooks), []
+                resid, offset = answer_via_keys(ctx, r, at, resid_at, hooks), answer
+            else:
+                resid, offset = resume(ctx, layer, r, start, [(hook, patch)], single, answer_only)
             values[k][c, r] = score(ctx, resid, r, offset)
             bar.update(n)
             i += n
