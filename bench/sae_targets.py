@@ -8,15 +8,19 @@ default dead-feature window (a tenth of the run), and evaluate it on held-out pr
 (explained variance, CE loss recovered, dead features: never firing on the held-out tokens).
 
 Feature circuits: attribute the task's logit difference to the SAE's features (attribution
-patching with an error term, summed over positions) on training-split prompts, and keep the
-features the clean prompt has and the corrupted one lacks. On the same training-split prompts,
-choose the smallest top-n set meeting the ablation targets (sandbagging: zeroing the cue
-features makes >= 80% of cue prompts truthful and keeps >= 95% of plain prompts truthful;
-chekhov: zeroing the threatener features at the threatener's mentions at least halves
-accuracy), then the smallest steering scale (1, 2, 4, 8) at which setting the features to
-scale x their clean values flips half of the corrupted prompts. Both are then measured on
-held-out prompts. Sandbagging intervenes at every position, chekhov only where the pair's
-prompts differ (the threatener's two mentions: the story names every person too).
+patching with an error term) on training-split prompts, at the positions intervened on, and
+rank the features by it. Sandbagging keeps only the features the clean prompt has and the
+corrupted one lacks (the cue); chekhov keeps both people's (the pair's two prompts name
+different threateners, so a threatener feature is on in the clean prompt of one pair and in the
+corrupted prompt of another). On the same training-split prompts, choose the smallest top-n
+set meeting the ablation targets (sandbagging: zeroing the cue features makes >= 80% of cue
+prompts truthful and keeps >= 95% of plain prompts truthful; chekhov: zeroing the threatener
+features at least halves accuracy), then the smallest steering scale (1, 2, 4, 8) at which
+setting the features to scale x their clean values flips half of the corrupted prompts. Both are
+then measured on held-out prompts. Sandbagging intervenes at every position; chekhov where the
+pair's prompts differ (the threatener's two mentions: the story names every person too), and,
+separately, at the answer position only (``blocks.0.hook_resid_post`` is
+``blocks.1.hook_resid_pre``: at the answer position it is what layer 1 reads there).
 
 Writes ``targets.json``, the feature circuits (``*.circuit.json``, features as nodes) and a
 feature dashboard per organism under ``--out``.
@@ -44,6 +48,7 @@ from mechkit.sae import (
     write_cache,
     write_dashboard,
 )
+from mechkit.sae.attribution import where_mask
 
 SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 SCALES = (1.0, 2.0, 4.0, 8.0)
@@ -62,16 +67,23 @@ def passes(name: str, r) -> bool:
     return ablation_ok(name, r) and r.patched_corrupted_gives_answer >= 0.5
 
 
-WHERE = {"sandbagging": "all", "chekhov": "diff"}  # chekhov: only the threatener's mentions
+# where each organism's features are intervened on (mechkit.sae.intervention_report's ``where``)
+WHERE = {"sandbagging": ("all",), "chekhov": ("diff", "answer")}
+PRESENT = {"sandbagging": "clean"}  # chekhov: None (both prompts' threateners)
 
 
-def select(name: str, model, sae, pairs, present, where: str):
+def positions(pairs, where: str) -> list[int] | None:
+    """The positions whose attributions rank the features: those intervened on."""
+    mask = where_mask(pairs, where)
+    return None if mask is None else mask.any(0).nonzero().flatten().tolist()
+
+
+def select(name: str, model, sae, pairs, attr, where: str):
     """On training-split pairs: the smallest top-n feature set meeting the ablation targets (else
     the best tried), then the smallest steering scale that flips half the corrupted prompts."""
-    attr = attribute_features(model, sae, pairs, batch_size=256)
     tried = []
     for n in SIZES:
-        feats = attr.top(n, present=present)
+        feats = attr.top(n, present=PRESENT.get(name), positions=positions(pairs, where))
         if tried and len(feats) == len(tried[-1][0]):
             break
         rep = intervention_report(model, sae, pairs, feats, where=where)
@@ -86,7 +98,30 @@ def select(name: str, model, sae, pairs, present, where: str):
         if intervention_report(model, sae, pairs, feats, steer_scale=sc, where=where).patched_corrupted_gives_answer >= 0.5:
             scale = sc
             break
-    return attr, feats, scale, [asdict(r) for _, r in tried]
+    return feats, scale, [asdict(r) for _, r in tried]
+
+
+@torch.no_grad()
+def what_they_encode(model, sae, pairs, feats) -> dict:
+    """For chekhov: how much of the chosen features' activation at the answer position (clean
+    prompts) the threatener's name explains, and how much the answer (the threatener's secret)
+    does: the between-group share of the variance (eta squared), pooled over the features."""
+    hook = sae.cfg.metadata.hook_name
+    rows = torch.arange(len(pairs))
+    acts = []
+    for start in range(0, len(pairs), 512):
+        batch = pairs[start : start + 512]
+        _, cache = model.run_with_cache(batch.clean, names_filter=[hook])
+        acts.append(sae.encode(cache[hook])[torch.arange(len(batch)), batch.answer_pos][:, feats])
+    acts = torch.cat(acts).float()  # [pairs, features]
+    first_diff = (pairs.clean != pairs.corrupted).float().argmax(1)
+    groups = {"threatener": pairs.clean[rows, first_diff], "answer": pairs.answer}
+    total = (acts - acts.mean(0)).pow(2).sum()
+    out = {"variance": float(total / len(pairs))}
+    for key, g in groups.items():
+        between = sum(((g == v).sum() * (acts[g == v].mean(0) - acts.mean(0)).pow(2)).sum() for v in g.unique())
+        out[f"eta2_{key}"] = float(between / total.clamp(min=1e-12))
+    return out
 
 
 def run(name: str, args, out: Path) -> dict:
@@ -102,7 +137,7 @@ def run(name: str, args, out: Path) -> dict:
     result: dict = {"organism": name, "d_model": model.cfg.d_model, "hooks": {}}
     for hook in hooks:
         cfg = TrainConfig(architecture="topk", expansion=8, k=args.k, steps=args.steps, batch_size=args.batch_size,
-                          lr=args.lr, device=args.device, seed=0)
+                          lr=args.lr, device=args.device, seed=0, **({"init": args.init} if args.init else {}))
         sae_dir = out / name / "saes" / hook
         t1 = time.time()
         if not (args.reuse and (sae_dir / "cfg.json").is_file()):
@@ -110,40 +145,46 @@ def run(name: str, args, out: Path) -> dict:
         train_s = time.time() - t1
         sae = load_sae(sae_dir, device=args.device)
         ev = evaluate_sae(model, sae, test_pairs, batch_size=256)
-        # features the clean prompt has and the corrupted one lacks: sandbagging's cue, chekhov's
-        # (clean) threatener at the positions that name them
-        where = WHERE.get(name, "all")
-        attr, feats, scale, tried = select(name, model, sae, select_pairs, "clean", where)
-        final = intervention_report(model, sae, test_pairs, feats, steer_scale=scale, where=where)
-        entry = {"eval": ev.to_dict(), "train": asdict(cfg), "train_seconds": round(train_s, 1),
-                 "selection": {"pairs": select_pairs.task, "tried": tried}, "features": feats,
-                 "steer_scale": scale, "held_out": asdict(final), "passes": passes(name, final)}
-        if scale != 1.0:  # what adding the features at their own strength does
-            entry["held_out_scale_1"] = asdict(intervention_report(model, sae, test_pairs, feats, where=where))
-        circuit = feature_circuit(
-            model, f"organism:{name}", attr, feats, task=select_pairs.task,
-            hyperparameters={"sae": str(sae_dir), "selection": "smallest top-n meeting the ablation targets on "
-                             "training-split pairs", "steer_scale": scale, "held_out": asdict(final),
-                             "held_out_task": test_pairs.task, "passes": entry["passes"]})
-        from mechkit.artifacts import save_circuit
+        attr = attribute_features(model, sae, select_pairs, batch_size=256)
+        entry = {"eval": ev.to_dict(), "train": asdict(cfg), "train_seconds": round(train_s, 1), "interventions": {}}
+        for where in WHERE.get(name, ("all",)):
+            feats, scale, tried = select(name, model, sae, select_pairs, attr, where)
+            final = intervention_report(model, sae, test_pairs, feats, steer_scale=scale, where=where)
+            item = {"selection": {"pairs": select_pairs.task, "tried": tried}, "features": feats,
+                    "steer_scale": scale, "held_out": asdict(final), "passes": passes(name, final)}
+            if scale != 1.0:  # what adding the features at their own strength does
+                item["held_out_scale_1"] = asdict(intervention_report(model, sae, test_pairs, feats, where=where))
+            if name == "chekhov" and where == "answer" and feats:
+                item["encodes"] = what_they_encode(model, sae, test_pairs, feats)
+            circuit = feature_circuit(
+                model, f"organism:{name}", attr, feats, task=select_pairs.task,
+                hyperparameters={"sae": str(sae_dir), "where": where, "selection": "smallest top-n meeting the "
+                                 "ablation targets on training-split pairs", "steer_scale": scale,
+                                 "held_out": asdict(final), "held_out_task": test_pairs.task,
+                                 "passes": item["passes"]})
+            from mechkit.artifacts import save_circuit
 
-        path = out / f"{name}.{hook}.circuit.json"
-        save_circuit(circuit, path)
-        entry["circuit"] = str(path)
+            path = out / f"{name}.{hook}.{where}.circuit.json"
+            save_circuit(circuit, path)
+            item["circuit"] = str(path)
+            entry["interventions"][where] = item
+            f = item["held_out"]
+            print(json.dumps({name: {hook: {k: round(entry["eval"][k], 4) for k in (
+                "explained_variance", "ce_recovered", "dead_fraction", "l0")}, "where": where,
+                "n_features": len(feats), "steer_scale": scale, "restore": f["ablated_clean_gives_wrong"],
+                "keep": f["ablated_corrupted_gives_wrong"], "ablated_clean_gives_answer": f["ablated_clean_gives_answer"],
+                "induce": f["patched_corrupted_gives_answer"], "passes": item["passes"]}}), flush=True)
+        entry["passes"] = any(i["passes"] for i in entry["interventions"].values())
         result["hooks"][hook] = entry
-        f = entry["held_out"]
-        print(json.dumps({name: {hook: {k: round(entry["eval"][k], 4) for k in ("explained_variance", "ce_recovered",
-                                                                               "dead_fraction", "l0")},
-                                 "n_features": len(feats), "steer_scale": scale,
-                                 "restore": f["ablated_clean_gives_wrong"], "keep": f["ablated_corrupted_gives_wrong"],
-                                 "ablated_clean_gives_answer": f["ablated_clean_gives_answer"],
-                                 "induce": f["patched_corrupted_gives_answer"], "passes": entry["passes"]}}),
-              flush=True)
-    best = max(hooks, key=lambda h: (result["hooks"][h]["passes"], -len(result["hooks"][h]["features"]),
-                                     result["hooks"][h]["eval"]["explained_variance"]))
+    def rank(hook: str):
+        items = result["hooks"][hook]["interventions"].values()
+        return max((i["passes"], -len(i["features"]), result["hooks"][hook]["eval"]["explained_variance"]) for i in items)
+
+    best = max(hooks, key=rank)
     sae = load_sae(out / name / "saes" / best, device=args.device)
     stats = feature_stats(model, sae, test_pairs)
-    feats = result["hooks"][best]["features"]
+    item = max(result["hooks"][best]["interventions"].values(), key=lambda i: (i["passes"], -len(i["features"])))
+    feats = item["features"]
     write_dashboard(model, sae, stats, out / f"{name}.dashboard.html", features=list(feats)[:16] + stats.most_frequent(8),
                     title=f"organism:{name} {best}")
     result["best_hook"] = best
@@ -164,6 +205,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--init", default=None, help="SAE initialisation (TrainConfig.init); default: mechkit's")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--reuse", action="store_true", help="keep SAEs already trained under --out")
     args = ap.parse_args()

@@ -26,4 +26,5 @@ from mechkit.sae.attribution import (
     feature_circuit as feature_circuit,
     feature_intervention as feature_intervention,
     intervention_report as intervention_report,
+    verify_feature_circuit as verify_feature_circuit,
 )

@@ -57,16 +57,24 @@ class FeatureAttribution:
     corrupted_mean: Float[Tensor, "pos feature"]
     n_pairs: int
 
-    def top(self, n: int, by: str = "negative", present: str | None = None) -> list[int]:
+    def top(self, n: int, by: str = "negative", present: str | None = None,
+            positions: Sequence[int] | None = None) -> list[int]:
         """The ``n`` features with the most negative scores (``by="negative"``: their corrupted
         value lowers the metric), the most positive, or the largest magnitude (``"abs"``).
 
         ``present="clean"`` keeps only features more active on clean than on corrupted prompts
         (what the clean prompt has and the corrupted one lacks, e.g. a cue detector);
-        ``"corrupted"`` the reverse."""
-        key = {"negative": -self.scores, "positive": self.scores, "abs": self.scores.abs()}[by].clone()
+        ``"corrupted"`` the reverse. ``positions`` scores (and compares) only those positions."""
+        if by not in ("negative", "positive", "abs") or present not in (None, "clean", "corrupted"):
+            from mechkit.errors import DataError
+
+            raise DataError(f"by must be negative, positive or abs and present None, clean or corrupted; "
+                            f"got by={by!r}, present={present!r}")
+        rows = slice(None) if positions is None else torch.as_tensor(list(positions), dtype=torch.long)
+        scores = self.scores if positions is None else self.by_position[rows].sum(0)
+        key = {"negative": -scores, "positive": scores, "abs": scores.abs()}[by].clone()
         if present is not None:
-            more = (self.clean_mean - self.corrupted_mean).sum(0)
+            more = (self.clean_mean[rows] - self.corrupted_mean[rows]).sum(0)
             key[(more <= 0) if present == "clean" else (more >= 0)] = -float("inf")
         order = key.argsort(descending=True)[:n]
         return order[key[order] > -float("inf")].tolist()
@@ -171,7 +179,8 @@ class InterventionReport:
     features; ``patched_corrupted_*`` set them, on each corrupted prompt, to ``steer_scale`` times
     their values on the paired clean prompt (adding what the clean prompt has and the corrupted
     one lacks; a scale above 1 amplifies it, as in steering). ``where`` is ``"all"`` (every
-    position) or ``"diff"`` (only the positions where a pair's two prompts differ).
+    position), ``"diff"`` (only the positions where a pair's two prompts differ) or ``"answer"``
+    (only each prompt's answer position).
     """
 
     features: tuple[int, ...]
@@ -185,18 +194,31 @@ class InterventionReport:
     where: str = "all"
 
 
+WHERE = ("all", "diff", "answer")
+
+
+def where_mask(pairs: PromptPairs, where: str) -> Bool[Tensor, "batch pos"] | None:
+    """The positions an intervention touches: None for every position, else a [batch, pos] mask."""
+    if where == "diff":
+        return pairs.clean != pairs.corrupted
+    if where == "answer":
+        pos = torch.arange(pairs.clean.shape[1], device=pairs.clean.device)
+        return pos[None] == pairs.answer_pos.to(pos.device)[:, None]
+    return None
+
+
 @torch.no_grad()
 def intervention_report(
     model: HookedTransformer, sae: SAE, pairs: PromptPairs, features: Sequence[int], hook: str | None = None,
     batch_size: int = 256, steer_scale: float = 1.0, where: str = "all",
 ) -> InterventionReport:
     """Zero-ablate ``features`` on both prompt sets, and patch their clean values (times
-    ``steer_scale``) into corrupted prompts; at every position (``where="all"``) or only where
-    the pair's prompts differ (``"diff"``)."""
-    if where not in ("all", "diff"):
+    ``steer_scale``) into corrupted prompts; at every position (``where="all"``), only where
+    the pair's prompts differ (``"diff"``) or only at the answer position (``"answer"``)."""
+    if where not in WHERE:
         from mechkit.errors import DataError
 
-        raise DataError(f"where must be 'all' or 'diff', got {where!r}")
+        raise DataError(f"where must be one of {', '.join(WHERE)}, got {where!r}")
     hook = check_hook_name(model, sae_hook(sae, hook))
     device = model.cfg.device
     sae = sae.to(device)
@@ -211,7 +233,7 @@ def intervention_report(
 
         _, cache = model.run_with_cache(batch.clean, names_filter=[hook])
         clean_values = sae.encode(cache[hook])[..., idx] * steer_scale
-        at = (batch.clean != batch.corrupted) if where == "diff" else None
+        at = where_mask(batch, where)
         clean, corrupted = top(batch.clean), top(batch.corrupted)
         with feature_intervention(model, sae, idx, hook=hook, positions=at):
             abl_clean, abl_corr = top(batch.clean), top(batch.corrupted)
@@ -251,3 +273,81 @@ def feature_circuit(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         mechkit_version=__version__,
     )
+
+
+@dataclass(frozen=True)
+class FeatureCircuitCheck:
+    """The outcome of :func:`verify_feature_circuit`: each recorded held-out fraction and its
+    re-measured value; ``reason`` is one line saying why it failed."""
+
+    path: str
+    passed: bool
+    recorded: dict
+    measured: dict
+    tolerance: float
+    reason: str = ""
+
+    def lines(self) -> list[str]:
+        out = [f"{'PASS' if self.passed else 'FAIL'} {self.path}"]
+        for key, value in self.recorded.items():
+            if key in self.measured:
+                out.append(f"  {key}: recorded {value:.4f}, measured {self.measured[key]:.4f}")
+        if self.reason:
+            out.append(f"  {self.reason}")
+        return out
+
+
+_MEASURED = ("clean_gives_answer", "corrupted_gives_wrong", "ablated_clean_gives_answer", "ablated_clean_gives_wrong",
+             "ablated_corrupted_gives_wrong", "patched_corrupted_gives_answer")
+
+
+def verify_feature_circuit(path, tolerance: float = 0.02, device: str | None = None, load_model=None,
+                           regenerate=None) -> FeatureCircuitCheck:
+    """Re-measure a saved feature circuit (``method`` ``sae-attribution-patching``, as
+    ``bench/sae_targets.py`` writes them): load its model (fingerprint must match) and its SAE
+    (``hyperparameters["sae"]``, a path relative to the artifact's folder, else as given),
+    regenerate the held-out prompts (``hyperparameters["held_out_task"]``) and rerun
+    :func:`intervention_report` with the recorded features, ``where`` and ``steer_scale``;
+    pass when every recorded fraction is within ``tolerance``. ``load_model`` and
+    ``regenerate`` can be injected (same signatures as mechkit's)."""
+    from pathlib import Path
+
+    from mechkit.artifacts import load_circuit
+    from mechkit.errors import ArtifactError
+    from mechkit.models import fingerprint
+    from mechkit.sae.io import load_sae
+
+    if load_model is None:
+        from mechkit.models import load_model
+    if regenerate is None:
+        from mechkit.organisms import regenerate
+    path = Path(path)
+    circuit = load_circuit(path)
+    hp = circuit.hyperparameters
+    recorded = hp.get("held_out")
+    if circuit.method != "sae-attribution-patching" or not recorded or "sae" not in hp or "held_out_task" not in hp:
+        raise ArtifactError(f"{path} is not a feature circuit with held-out interventions (sae, held_out, held_out_task)")
+    sae_dir = path.parent / hp["sae"]
+    sae_dir = sae_dir if sae_dir.is_dir() else Path(hp["sae"])
+    model = load_model(circuit.model_spec, device=device)
+    recorded = {k: float(recorded[k]) for k in _MEASURED if k in recorded}
+
+    def result(passed: bool, measured: dict, reason: str = "") -> FeatureCircuitCheck:
+        return FeatureCircuitCheck(str(path), passed, recorded, measured, tolerance, reason)
+
+    if fingerprint(model) != circuit.model_fingerprint:
+        return result(False, {}, "model weights differ from the ones the circuit was found in")
+    sae = load_sae(sae_dir, device=model.cfg.device)
+    hook = hp.get("hook") or sae_hook(sae)
+    features = [int(n.rsplit(":", 1)[1]) for n in circuit.node_scores]
+    wanted = [int(f) for f in recorded_features] if (recorded_features := hp["held_out"].get("features")) else features
+    if sorted(wanted) != sorted(features):
+        return result(False, {}, "the circuit's feature nodes differ from the recorded held-out features")
+    pairs = regenerate(dict(hp["held_out_task"]))
+    rep = intervention_report(model, sae, pairs, wanted, hook=hook, steer_scale=float(hp.get("steer_scale", 1.0)),
+                              where=hp.get("where", hp["held_out"].get("where", "all")))
+    measured = {k: getattr(rep, k) for k in recorded}
+    bad = [k for k in recorded if abs(measured[k] - recorded[k]) > tolerance]
+    if bad:
+        return result(False, measured, f"{bad[0]} moved by {measured[bad[0]] - recorded[bad[0]]:+.4f}, beyond ±{tolerance:g}")
+    return result(True, measured)

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from safetensors.torch import save_file
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.constants import SPARSITY_FILENAME
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.sae_trainer import SAETrainer
+from torch import Tensor
 
 from mechkit.errors import DataError, did_you_mean
 from mechkit.sae import checkpoint as ckpt
@@ -57,6 +59,9 @@ class TrainConfig:
     # steps without firing after which a feature counts as dead (and TopK/BatchTopK's auxiliary
     # loss, or JumpReLU's pre-activation loss, starts reviving it); None: dead_window(steps)
     dead_feature_window: int | None = None
+    # "sae_lens": SAELens's own initialisation; "data": decoder directions from cached training
+    # activations (see data_init), set on the SAELens training SAE after it is built
+    init: str = "sae_lens"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,6 +103,71 @@ def build_training_sae(cfg: TrainConfig, d_in: int, metadata: dict[str, Any] | N
         sae_cfg.metadata[key] = value
     torch.manual_seed(cfg.seed)
     return sae_cls(sae_cfg)
+
+
+INITS = ("sae_lens", "data")
+
+
+@torch.no_grad()
+def data_init(sae: TrainingSAE, acts: Float[Tensor, "n d_in"], seed: int = 0, noise: float = 0.5,
+              decoder_norm: float | None = None) -> None:
+    """Initialise ``sae``'s parameters from activations ``acts`` (in place, deterministic in ``seed``).
+
+    ``b_dec`` is the activations' mean and ``b_enc`` zero; the decoder rows are directions of
+    centred activations, spread over the data: every distinct activation gets an equal share
+    of the features when there are fewer distinct activations than features (token embeddings),
+    else they are drawn k-means++ style (each next one with probability growing with its angular
+    distance from those already drawn), so frequent activations do not take most features. Each
+    direction is blended with a random one (weight ``noise``) so that features drawn from the
+    same activation differ. The encoder is the decoder's transpose; the common norm of the rows
+    is fitted so that the initial reconstruction of ``acts`` has the right scale (least squares)."""
+    if acts.ndim != 2 or acts.shape[1] != sae.cfg.d_in or len(acts) < 2:
+        raise DataError(f"data init needs activations [n >= 2, {sae.cfg.d_in}], got {list(acts.shape)}")
+    if not all(isinstance(getattr(sae, name, None), torch.nn.Parameter) for name in ("W_enc", "W_dec", "b_enc", "b_dec")):
+        raise DataError(f"{sae.cfg.architecture()} SAEs have no W_enc/W_dec/b_enc/b_dec to initialise from data")
+    gen = torch.Generator().manual_seed(seed)
+    acts = acts.detach().float().cpu()
+    mean = acts.mean(0)
+    d_sae = sae.cfg.d_sae
+    points = torch.unique(acts - mean, dim=0)  # sorted: the same rows give the same order
+    points = points[points.norm(dim=-1) > 1e-6 * points.norm(dim=-1).max().clamp(min=1e-30)]
+    if len(points) == 0:
+        raise DataError("data init needs activations that are not all equal")
+    unit = points / points.norm(dim=-1, keepdim=True)
+    if len(points) <= d_sae:  # an equal share of the features for each distinct activation
+        idx = torch.cat([torch.randperm(len(points), generator=gen) for _ in range(-(-d_sae // len(points)))])[:d_sae]
+    else:  # k-means++ seeding on directions
+        idx = torch.empty(d_sae, dtype=torch.long)
+        idx[0] = int(torch.randint(len(points), (1,), generator=gen))
+        dist = 1 - unit @ unit[idx[0]]
+        for i in range(1, d_sae):
+            w = dist.clamp(min=0) ** 2
+            idx[i] = int(torch.multinomial(w if w.sum() > 0 else torch.ones_like(w), 1, generator=gen))
+            dist = torch.minimum(dist, 1 - unit @ unit[idx[i]])
+    rand = torch.randn(d_sae, sae.cfg.d_in, generator=gen)
+    dirs = unit[idx] + noise * rand / rand.norm(dim=-1, keepdim=True)
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    dtype, device = sae.W_dec.dtype, sae.W_dec.device
+    sae.b_dec.data.copy_(mean.to(device, dtype))
+    sae.b_enc.data.zero_()
+    sae.W_dec.data.copy_(dirs.to(device, dtype))
+    sae.W_enc.data.copy_(dirs.T.to(device, dtype))
+    x = acts[:8192].to(device, dtype)
+    recon = sae.decode(sae.encode(x)) - sae.b_dec  # the reconstruction with rows of norm 1
+    target = x - sae.b_dec
+    scale = float((recon * target).sum() / (recon * recon).sum().clamp(min=1e-12))
+    # with tied weights the reconstruction scales as (row norm)^2: sqrt(scale) on each side
+    s = max(scale, 1e-6) ** 0.5
+    dec = s if decoder_norm is None else decoder_norm
+    sae.W_dec.data.mul_(dec)
+    sae.W_enc.data.mul_(s * s / dec)
+
+
+def _init_sample(cache: ActivationCache, hook: str, cfg: TrainConfig, d_sae: int) -> Tensor:
+    """The activations data_init draws from: a seeded sample of the cache (a separate stream
+    from the training batches), so a rerun or a resumed run starts from the same SAE."""
+    n = min(cache.n_tokens(hook), max(8 * d_sae, 8192))
+    return next(cache.batches(hook, n, seed=cfg.seed + 2))
 
 
 def _autocast(cfg: TrainConfig) -> bool:
@@ -147,7 +217,11 @@ def train_sae(
         "mechkit_model_fingerprint": cache.model_fingerprint,
         "mechkit_train_config": asdict(cfg),
     }
+    if cfg.init not in INITS:
+        raise DataError(f"unknown init {cfg.init!r}; {did_you_mean(cfg.init, INITS)}")
     sae = build_training_sae(cfg, d_in, metadata)
+    if cfg.init == "data":
+        data_init(sae, _init_sample(cache, hook, cfg, sae.cfg.d_sae), seed=cfg.seed)
     config_key = {"train": json.loads(json.dumps(asdict(cfg))), "hook": hook, "cache": cache.model_fingerprint}
     root = out / "checkpoints"
     trainer: SAETrainer | None = None

@@ -118,3 +118,79 @@ def test_interventions_at_chosen_positions():
     assert rep.ablated_clean_gives_answer == float((ablated_top == p.answer).float().mean())
     with pytest.raises(DataError):
         intervention_report(model, sae, p, [0], where="somewhere")
+
+
+def test_interventions_at_the_answer_position():
+    """where="answer" edits each prompt's own answer position only (answer_pos varies by row)."""
+    model, sae, p = tiny_hooked(), _identity_sae(), _pairs()
+    rows = torch.arange(6)
+    with torch.no_grad():  # answers = the model's own predictions
+        p = PromptPairs(p.clean, p.corrupted, model(p.clean)[rows, p.answer_pos].argmax(-1),
+                        model(p.corrupted)[rows, p.answer_pos].argmax(-1), p.answer_pos)
+    _, clean_cache = model.run_with_cache(p.clean, names_filter=[HOOK])
+
+    def edit(source):
+        def hook_fn(act, hook):
+            act = act.clone()
+            act[rows, p.answer_pos] = 0 if source is None else source[rows, p.answer_pos]
+            return act
+        return hook_fn
+
+    with torch.no_grad():
+        with model.hooks(fwd_hooks=[(HOOK, edit(None))]):
+            zero_top = model(p.clean)[rows, p.answer_pos].argmax(-1)
+        with model.hooks(fwd_hooks=[(HOOK, edit(clean_cache[HOOK]))]):
+            patched_top = model(p.corrupted)[rows, p.answer_pos].argmax(-1)
+    rep = intervention_report(model, sae, p, list(range(32)), where="answer")
+    assert rep.where == "answer"
+    assert rep.ablated_clean_gives_answer == float((zero_top == p.answer).float().mean())
+    assert rep.patched_corrupted_gives_answer == float((patched_top == p.answer).float().mean())
+    # the pairs differ at position 2, before every answer position: patching the answer position
+    # alone is not the full patch ("all"), which gives the clean answer everywhere
+    assert intervention_report(model, sae, p, list(range(32)), where="all").patched_corrupted_gives_answer == 1.0
+
+
+def test_top_features_at_chosen_positions():
+    model, sae, pairs = tiny_hooked(), _identity_sae(), _pairs()
+    attr = attribute_features(model, sae, pairs)
+    at7 = attr.top(3, positions=[7])
+    assert at7 == (-attr.by_position[7]).argsort(descending=True)[:3].tolist()
+    assert attr.top(3, positions=range(8)) == attr.top(3)
+    more = attr.clean_mean[7] - attr.corrupted_mean[7]
+    assert all(more[f] > 0 for f in attr.top(32, present="clean", positions=[7]))
+    with pytest.raises(DataError, match="by must be"):
+        attr.top(3, by="largest")
+
+
+def test_verify_feature_circuit_remeasures_the_held_out_interventions(tmp_path):
+    from dataclasses import asdict
+
+    from mechkit.artifacts import save_circuit
+    from mechkit.errors import ArtifactError
+    from mechkit.sae import verify_feature_circuit
+
+    model, sae, p = tiny_hooked(), _identity_sae(), _pairs()
+    rows = torch.arange(6)
+    with torch.no_grad():
+        p = PromptPairs(p.clean, p.corrupted, model(p.clean)[rows, p.answer_pos].argmax(-1),
+                        model(p.corrupted)[rows, p.answer_pos].argmax(-1), p.answer_pos)
+    sae.save_model(str(tmp_path / "saes" / "id"))
+    feats = [0, 3, 17]
+    rep = intervention_report(model, sae, p, feats, steer_scale=2.0, where="answer")
+    attr = attribute_features(model, sae, p)
+    hp = {"sae": "saes/id", "where": "answer", "steer_scale": 2.0, "held_out": asdict(rep),
+          "held_out_task": {"name": "given"}}
+    path = tmp_path / "c.circuit.json"
+    save_circuit(feature_circuit(model, "tiny", attr, feats, task={"name": "given"}, hyperparameters=hp), path)
+    kw = dict(load_model=lambda spec, device=None: model, regenerate=lambda task: p)
+    ok = verify_feature_circuit(path, **kw)
+    assert ok.passed and ok.measured == ok.recorded and len(ok.recorded) == 6
+    # other prompts: the re-measured fractions move and the check fails, saying which one
+    flipped = PromptPairs(p.clean, p.corrupted, p.wrong, p.answer, p.answer_pos)
+    bad = verify_feature_circuit(path, load_model=kw["load_model"], regenerate=lambda task: flipped)
+    assert not bad.passed and bad.reason.startswith("clean_gives_answer moved by -") and bad.measured != bad.recorded
+    assert verify_feature_circuit(path, load_model=lambda spec, device=None: tiny_hooked(seed=1),
+                                  regenerate=kw["regenerate"]).reason.startswith("model weights differ")
+    save_circuit(feature_circuit(model, "tiny", attr, feats, task={"name": "given"}), tmp_path / "plain.circuit.json")
+    with pytest.raises(ArtifactError, match="not a feature circuit"):
+        verify_feature_circuit(tmp_path / "plain.circuit.json", **kw)

@@ -99,3 +99,80 @@ def test_short_runs_switch_on_the_auxiliary_loss(cache, tmp_path, monkeypatch):
         train_sae(cache, HOOK, tmp_path / str(window), cfg)
         active[window] = sum(v > 0 for v in seen)
     assert len(seen) == 40 and active[1000] == 0 and active[None] > 20
+
+
+def _dead(sae, acts):
+    with torch.no_grad():
+        return int(((sae.encode(acts) > 0).sum(0) == 0).sum())
+
+
+def test_data_init_is_seeded_and_starts_from_the_data(cache):
+    from mechkit.sae import build_training_sae
+    from mechkit.sae.train import _init_sample, data_init
+
+    cfg = TrainConfig(architecture="topk", expansion=8, k=4, batch_size=64, init="data")
+    sample = _init_sample(cache, HOOK, cfg, 128)
+    assert torch.equal(sample, _init_sample(cache, HOOK, cfg, 128))  # a seeded draw from the cache
+    saes = []
+    for seed in (0, 0, 1):
+        sae = build_training_sae(cfg, 16)
+        data_init(sae, sample, seed=seed)
+        saes.append(sae)
+    a, b, c = saes
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.W_dec, c.W_dec)
+    torch.testing.assert_close(a.b_dec, sample.mean(0))
+    assert torch.equal(a.W_enc, a.W_dec.T) and torch.equal(a.b_enc, torch.zeros(128))
+    norms = a.W_dec.norm(dim=-1)
+    torch.testing.assert_close(norms, norms[0].expand(128))  # one common, fitted norm
+    # decoder rows lie near the centred data directions, unlike SAELens's random init
+    unit = sample - sample.mean(0)
+    unit = unit / unit.norm(dim=-1, keepdim=True)
+    cos = (a.W_dec / norms[:, None]) @ unit.T
+    rand = build_training_sae(TrainConfig(architecture="topk", expansion=8, k=4), 16)
+    cos_rand = (rand.W_dec / rand.W_dec.norm(dim=-1, keepdim=True)) @ unit.T
+    assert cos.max(1).values.min() > 0.8 > cos_rand.max(1).values.median()
+    acts = cache.load(HOOK)
+    assert _dead(a, acts) == 0 and _dead(rand, acts) > 0  # every feature fires from the start
+    with torch.no_grad():
+        x = acts[:500]
+        assert (a(x) - x).pow(2).sum() < (x - x.mean(0)).pow(2).sum()  # the fitted scale helps
+
+
+def test_data_init_shares_features_over_repeated_activations():
+    """Few distinct activations (token embeddings): each one gets an equal share of features, so
+    every feature is among some activation's top k; drawing rows by frequency would not do that."""
+    from mechkit.sae import build_training_sae
+    from mechkit.sae.train import data_init
+
+    g = torch.Generator().manual_seed(0)
+    vectors = torch.randn(10, 16, generator=g)
+    counts = torch.tensor([1000, 500, 200, 100, 50, 20, 10, 5, 2, 1])  # very uneven frequencies
+    acts = vectors.repeat_interleave(counts, dim=0)
+    sae = build_training_sae(TrainConfig(architecture="topk", d_sae=64, k=8), 16)
+    data_init(sae, acts, seed=0, noise=0.0)  # rows = the centred activations' directions exactly
+    centred = vectors - acts.mean(0)
+    cos = (sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True)) @ (centred / centred.norm(dim=-1, keepdim=True)).T
+    assert torch.allclose(cos.max(1).values, torch.ones(64), atol=1e-5)
+    share = torch.bincount(cos.argmax(1), minlength=10)
+    assert sorted(share.tolist()) == [6] * 6 + [7] * 4  # by frequency: about 34 for the first vector
+    data_init(sae, acts, seed=0)  # with the default blend of random directions
+    assert _dead(sae, vectors) == 0
+
+
+def test_data_init_trains_and_resumes_identically(cache, tmp_path):
+    cfg = TrainConfig(architecture="topk", expansion=8, k=4, steps=30, batch_size=64, lr=1e-2, init="data",
+                      checkpoint_every=10)
+    sae = train_sae(cache, HOOK, tmp_path / "a", cfg)
+    assert _mse(load_sae(tmp_path / "a"), cache.load(HOOK)) < _mse(build_init(cfg), cache.load(HOOK))
+    again = train_sae(cache, HOOK, tmp_path / "b", cfg)
+    assert all(torch.equal(p, q) for p, q in zip(sae.parameters(), again.parameters()))
+    assert load_sae(tmp_path / "a").cfg.metadata.mechkit_train_config["init"] == "data"
+    with pytest.raises(DataError, match="unknown init 'date'; did you mean 'data'"):
+        train_sae(cache, HOOK, tmp_path / "c", TrainConfig(steps=1, batch_size=8, init="date"))
+
+
+def build_init(cfg):
+    from mechkit.sae import build_training_sae
+
+    return build_training_sae(TrainConfig(**{**cfg.__dict__, "init": "sae_lens"}), 16)
