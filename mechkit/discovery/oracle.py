@@ -10,6 +10,9 @@ every head and MLP outside S has its output ablated, so a node circuit is a chea
 Subsets are tried by size, smallest first, many per batched forward; the search stops at the
 first size at which some subset reaches the target and returns that size's most faithful set.
 Faithfulness is normalised as in :mod:`.evaluate` (empty = every edge ablated).
+
+Components whose output weights are all zero (pruned heads and MLPs) write nothing whatever
+their input, so they are left out of the search: it stays exact and runs over live nodes only.
 """
 
 import itertools
@@ -55,10 +58,11 @@ def oracle(
     """Search node subsets by increasing size (see the module docstring)."""
     graph = Graph.from_model(model)
     names = graph.node_names
-    if len(names) > max_nodes:
+    live = [i for i in range(len(names)) if i not in silent_nodes(model, graph)]
+    if len(live) > max_nodes:
         raise OracleError(
-            f"the model has {len(names)} heads and MLPs; exhaustive search is limited to max_nodes={max_nodes} "
-            f"(2^{len(names)} subsets): use attribution (eap-ig) instead"
+            f"the model has {len(live)} heads and MLPs; exhaustive search is limited to max_nodes={max_nodes} "
+            f"(2^{len(live)} subsets): use attribution (eap-ig) instead"
         )
     metric = metric or logit_diff
     ablated = ablated_outputs(model, graph, pairs, ablation)
@@ -69,13 +73,13 @@ def oracle(
     if abs(clean - empty) <= 1e-5 * (abs(clean) + abs(empty)) + 1e-9:
         raise OracleError("clean and fully ablated runs give the same metric: faithfulness is undefined")
     evaluated = 0
-    n = len(names)
+    n = len(live)
     chunk = max(1, max_batch // len(pairs))
     bar = tqdm(total=2**n, desc="oracle", disable=not progress, leave=False)
     best, best_set = -float("inf"), ()
     for size in range(n + 1):
         best, best_set = -float("inf"), ()
-        combos = itertools.combinations(range(n), size)
+        combos = itertools.combinations(live, size)
         while batch := list(itertools.islice(combos, chunk)):
             keep = torch.zeros(len(batch), graph.n_forward)
             keep[:, 0] = 1.0
@@ -92,3 +96,17 @@ def oracle(
             break
     bar.close()  # the loop ends at the first size reaching the target, else with the full set
     return OracleResult(tuple(names[i] for i in best_set), best, target, best >= target, evaluated, ablation)
+
+
+def silent_nodes(model: HookedTransformer, graph: Graph) -> set[int]:
+    """Indices (into ``graph.node_names``) of heads and MLPs whose output weights are all zero."""
+    silent = set()
+    for layer, block in enumerate(model.blocks):
+        for head in range(graph.n_heads):
+            if not block.attn.W_O[head].any():
+                silent.add(graph.head_fwd(layer, head) - 1)
+        if graph.has_mlp:
+            w_out, b_out = getattr(block.mlp, "W_out", None), getattr(block.mlp, "b_out", None)
+            if w_out is not None and not w_out.any() and (b_out is None or not b_out.any()):
+                silent.add(graph.mlp_fwd(layer) - 1)
+    return silent
