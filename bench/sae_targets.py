@@ -124,6 +124,28 @@ def what_they_encode(model, sae, pairs, feats) -> dict:
     return out
 
 
+SHIP_NAMES = {"sandbagging": "cue", "chekhov": "threatener"}
+
+
+def ship(name: str, hook: str, item: dict, out: Path, dest: Path) -> str:
+    """Copy a passing feature circuit and its SAE (SAELens's on-disk format) under ``dest``, the
+    circuit naming the SAE by a path relative to the circuit's folder."""
+    import dataclasses
+    import shutil
+
+    from mechkit.artifacts import load_circuit, save_circuit
+
+    sae_dest = dest / "saes" / f"{name}-{hook}"
+    sae_dest.mkdir(parents=True, exist_ok=True)
+    for f in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
+        shutil.copyfile(out / name / "saes" / hook / f, sae_dest / f)
+    circuit = load_circuit(item["circuit"])
+    hp = {**circuit.hyperparameters, "sae": sae_dest.relative_to(dest).as_posix()}
+    path = dest / f"{name}-{SHIP_NAMES.get(name, 'task')}-features.circuit.json"
+    save_circuit(dataclasses.replace(circuit, hyperparameters=hp), path)
+    return str(path)
+
+
 def run(name: str, args, out: Path) -> dict:
     t0 = time.time()
     model = load_model(f"organism:{name}", device=args.device)
@@ -188,6 +210,8 @@ def run(name: str, args, out: Path) -> dict:
     write_dashboard(model, sae, stats, out / f"{name}.dashboard.html", features=list(feats)[:16] + stats.most_frequent(8),
                     title=f"organism:{name} {best}")
     result["best_hook"] = best
+    if args.ship and item["passes"]:
+        result["shipped"] = ship(name, best, item, out, Path(args.ship))
     result["seconds"] = round(time.time() - t0, 1)
     return result
 
@@ -208,6 +232,8 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="SAE initialisation (TrainConfig.init); default: mechkit's")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--reuse", action="store_true", help="keep SAEs already trained under --out")
+    ap.add_argument("--ship", default=None, help="copy each organism's best passing feature circuit and its SAE "
+                    "here (e.g. bench/results)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

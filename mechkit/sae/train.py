@@ -6,7 +6,9 @@
 
 The output directory is SAELens's on-disk format (``cfg.json``, ``sae_weights.safetensors``,
 ``sparsity.safetensors``), written with SAELens's ``save_inference_model``: ``batchtopk``
-SAEs are saved as ``jumprelu`` SAEs, as SAELens does. With ``checkpoint_every`` set,
+SAEs are saved as ``jumprelu`` SAEs, as SAELens does. By default TopK-family
+SAEs start from the data (``init="data"``, see ``data_init``): on the organisms' residual
+streams this leaves fewer dead features at equal or better explained variance. With ``checkpoint_every`` set,
 checkpoints go to ``<out>/checkpoints`` and a rerun resumes from the latest one; on CPU the
 resumed run ends with bitwise the same weights as an uninterrupted one.
 """
@@ -59,9 +61,10 @@ class TrainConfig:
     # steps without firing after which a feature counts as dead (and TopK/BatchTopK's auxiliary
     # loss, or JumpReLU's pre-activation loss, starts reviving it); None: dead_window(steps)
     dead_feature_window: int | None = None
-    # "sae_lens": SAELens's own initialisation; "data": decoder directions from cached training
-    # activations (see data_init), set on the SAELens training SAE after it is built
-    init: str = "sae_lens"
+    # "data": decoder directions from cached training activations (see data_init), set on the
+    # SAELens training SAE after it is built; "sae_lens": SAELens's own initialisation; "auto":
+    # "data" for the TopK family (where it was measured to help), else "sae_lens"
+    init: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,7 +108,16 @@ def build_training_sae(cfg: TrainConfig, d_in: int, metadata: dict[str, Any] | N
     return sae_cls(sae_cfg)
 
 
-INITS = ("sae_lens", "data")
+INITS = ("auto", "data", "sae_lens")
+
+
+def resolved_init(cfg: TrainConfig) -> str:
+    """The initialisation ``cfg`` asks for, with "auto" resolved by architecture."""
+    if cfg.init not in INITS:
+        raise DataError(f"unknown init {cfg.init!r}; {did_you_mean(cfg.init, INITS)}")
+    if cfg.init == "auto":
+        return "data" if cfg.architecture in _K_ARCHS else "sae_lens"
+    return cfg.init
 
 
 @torch.no_grad()
@@ -217,10 +229,9 @@ def train_sae(
         "mechkit_model_fingerprint": cache.model_fingerprint,
         "mechkit_train_config": asdict(cfg),
     }
-    if cfg.init not in INITS:
-        raise DataError(f"unknown init {cfg.init!r}; {did_you_mean(cfg.init, INITS)}")
+    init = resolved_init(cfg)
     sae = build_training_sae(cfg, d_in, metadata)
-    if cfg.init == "data":
+    if init == "data":
         data_init(sae, _init_sample(cache, hook, cfg, sae.cfg.d_sae), seed=cfg.seed)
     config_key = {"train": json.loads(json.dumps(asdict(cfg))), "hook": hook, "cache": cache.model_fingerprint}
     root = out / "checkpoints"

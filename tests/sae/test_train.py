@@ -170,6 +170,13 @@ def test_data_init_trains_and_resumes_identically(cache, tmp_path):
     assert load_sae(tmp_path / "a").cfg.metadata.mechkit_train_config["init"] == "data"
     with pytest.raises(DataError, match="unknown init 'date'; did you mean 'data'"):
         train_sae(cache, HOOK, tmp_path / "c", TrainConfig(steps=1, batch_size=8, init="date"))
+    from mechkit.sae.train import resolved_init
+
+    assert [resolved_init(TrainConfig(architecture=a)) for a in ("topk", "batchtopk", "standard", "jumprelu")] == [
+        "data", "data", "sae_lens", "sae_lens"]
+    assert resolved_init(TrainConfig(architecture="standard", init="data")) == "data"
+    default = train_sae(cache, HOOK, tmp_path / "d", TrainConfig(**{**cfg.__dict__, "init": "auto"}))
+    assert all(torch.equal(p, q) for p, q in zip(sae.parameters(), default.parameters()))  # auto = data for TopK
 
 
 def build_init(cfg):
