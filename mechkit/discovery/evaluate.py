@@ -35,6 +35,7 @@ from mechkit.discovery.forward import (
 from mechkit.discovery.graph import Graph
 from mechkit.discovery.scores import EdgeScores
 from mechkit.discovery.select import greedy_mask, prune_dangling, topn_mask
+from mechkit.discovery.silent import inert_edges
 from mechkit.errors import MechkitError
 from mechkit.metrics import logit_diff
 
@@ -100,9 +101,9 @@ def run_edge_masks(
 ) -> MaskedRun:
     """Run every circuit in ``masks`` (plus the empty circuit) in batched forwards.
 
-    Identical masks run once; the full graph is the clean run and, under resample ablation, the
-    empty graph is the corrupted run (the graph reproduces both), so neither needs a patched
-    forward.
+    Identical masks run once (edges of silent components, :mod:`.silent`, do not count); the full
+    graph is the clean run and, under resample ablation, the empty graph is the corrupted run
+    (the graph reproduces both), so neither needs a patched forward.
     """
     metric = metric or logit_diff
     device = model.cfg.device
@@ -114,10 +115,14 @@ def run_edge_masks(
         else:
             ablated, empty = ablated_outputs(model, graph, pairs, ablation), None
     no_edges = torch.zeros(1, graph.n_edges, dtype=torch.bool)
-    unique, inverse = torch.unique(torch.cat([no_edges, masks.to(torch.bool).cpu()]).to(torch.uint8), dim=0, return_inverse=True)
+    # edges from or into a silent component change nothing: set them all, so masks that differ
+    # only there run once, and one keeping every live edge is the clean run
+    inert = inert_edges(model, graph)
+    canonical = torch.cat([no_edges, masks.to(torch.bool).cpu()]) | inert
+    unique, inverse = torch.unique(canonical.to(torch.uint8), dim=0, return_inverse=True)
     unique = unique.to(torch.bool)
     values = torch.empty(len(unique), len(pairs))
-    is_full, is_empty = unique.all(1), ~unique.any(1)
+    is_full, is_empty = unique.all(1), ~(unique & ~inert).any(1)
     values[is_full] = clean
     if empty is not None:
         values[is_empty] = empty

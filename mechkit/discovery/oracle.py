@@ -25,6 +25,7 @@ from transformer_lens import HookedTransformer
 from mechkit._types import PromptPairs
 from mechkit.discovery.forward import Metric, ablated_outputs, run_masked_chunked
 from mechkit.discovery.graph import Graph
+from mechkit.discovery.silent import silent_nodes
 from mechkit.errors import MechkitError
 from mechkit.metrics import logit_diff
 
@@ -97,16 +98,3 @@ def oracle(
     bar.close()  # the loop ends at the first size reaching the target, else with the full set
     return OracleResult(tuple(names[i] for i in best_set), best, target, best >= target, evaluated, ablation)
 
-
-def silent_nodes(model: HookedTransformer, graph: Graph) -> set[int]:
-    """Indices (into ``graph.node_names``) of heads and MLPs whose output weights are all zero."""
-    silent = set()
-    for layer, block in enumerate(model.blocks):
-        for head in range(graph.n_heads):
-            if not block.attn.W_O[head].any():
-                silent.add(graph.head_fwd(layer, head) - 1)
-        if graph.has_mlp:
-            w_out, b_out = getattr(block.mlp, "W_out", None), getattr(block.mlp, "b_out", None)
-            if w_out is not None and not w_out.any() and (b_out is None or not b_out.any()):
-                silent.add(graph.mlp_fwd(layer) - 1)
-    return silent

@@ -110,3 +110,39 @@ def test_bootstrap_interval_narrows_with_more_prompts():
         low, high = run.bootstrap(0, 500)
         width.append(high - low)
     assert width[1] < width[0]
+
+
+def test_edges_of_silent_components_do_not_count(model, pairs, monkeypatch):
+    import importlib
+
+    from mechkit.discovery.silent import inert_edges
+
+    evaluate_module = importlib.import_module("mechkit.discovery.evaluate")
+
+    with torch.no_grad():  # prune one head and one MLP
+        model.blocks[0].attn.W_O[1] = 0.0
+        model.blocks[1].mlp.W_out.zero_()
+        model.blocks[1].mlp.b_out.zero_()
+    graph = Graph.from_model(model)
+    inert = inert_edges(model, graph)
+    names = [n for n, i in zip(graph.edge_names, inert.tolist()) if i]
+    assert "L0H1->L1H0<q>" in names and "embed->L0H1<v>" in names and "L0H0->M1" in names and "M1->logits" in names
+    assert "L0H0->L1H0<q>" not in names and "embed->logits" not in names
+    g = torch.Generator().manual_seed(0)
+    live = torch.rand(3, graph.n_edges, generator=g) < 0.5
+    flipped = live ^ (inert & (torch.rand(3, graph.n_edges, generator=g) < 0.5))  # differ only on inert edges
+    every_live = (~inert)[None]
+    calls = []
+    real = evaluate_module.run_masked_chunked
+    monkeypatch.setattr(evaluate_module, "run_masked_chunked", lambda *a, **k: calls.append(a[4].shape[0]) or real(*a, **k))
+    for ablation in ("resample", "zero"):
+        calls.clear()
+        run = run_edge_masks(model, graph, pairs, torch.cat([live, flipped, every_live]), ablation)
+        assert torch.allclose(run.circuits[:3], run.circuits[3:6], atol=1e-6)
+        assert torch.equal(run.circuits[6], run.clean)  # every live edge: the clean run, not a forward
+        assert sum(calls) == 3 + (ablation != "resample")  # three distinct circuits (+ the empty one)
+        # and the canonical shortcut agrees with running the masks as given
+        monkeypatch.setattr(evaluate_module, "inert_edges", lambda m, gr: torch.zeros(gr.n_edges, dtype=torch.bool))
+        plain = run_edge_masks(model, graph, pairs, torch.cat([live, flipped, every_live]), ablation)
+        monkeypatch.setattr(evaluate_module, "inert_edges", inert_edges)
+        assert torch.allclose(run.circuits, plain.circuits, atol=1e-5)

@@ -11,7 +11,8 @@ from mechkit.discovery.acdc import ACDCError, acdc
 from mechkit.discovery.evaluate import run_edge_masks
 from mechkit.discovery.forward import ablated_outputs
 from mechkit.discovery.graph import Graph
-from mechkit.discovery.oracle import OracleError, silent_nodes
+from mechkit.discovery.oracle import OracleError
+from mechkit.discovery.silent import silent_nodes
 from tests.conftest import tiny_hooked
 from tests.discovery.conftest import random_pairs
 
