@@ -10,6 +10,8 @@ is spread over every next token). It stops early once a fresh training-split sam
 """
 
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 import time
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -22,6 +24,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mechkit.errors import SpecError, did_you_mean
 from mechkit.metrics import accuracy, logit_diff
+from mechkit.organisms.gates import ComponentGates
 from mechkit.organisms.tasks import Task, task
 
 
@@ -40,17 +43,24 @@ class TrainSpec:
     stop_accuracy: float = 0.995
     stop_checks: int = 3
     min_logit_diff: float = 3.0  # the early stop also needs this mean logit difference
+    # weight of the expected number of open head/MLP gates (mechkit.organisms.gates) in the loss:
+    # components the task does not need are switched off, so the behaviour lives in a few
+    gate_l0: float = 0.0
+    gate_lr: float = 0.05  # gates start open and must travel ~6 logits to close
+    # step the gates and their penalty start at; None: once the task is first solved (before: no gates)
+    gate_start: int | None = 0
+    gate_steps: int = 0  # steps with the penalty on before the early stop may end training
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 SPECS: dict[str, TrainSpec] = {
     "induction": TrainSpec(
-        arch=dict(n_layers=2, d_model=64, n_heads=4, d_head=16, n_ctx=32, attn_only=True,
+        arch=dict(n_layers=2, d_model=64, n_heads=8, d_head=8, n_ctx=32, attn_only=True,
                   normalization_type="LN", positional_embedding_type="standard"),
-        steps=3000, lr=1e-3, warmup=100,
-        description="2-layer attention-only transformer trained to continue repeated random-token segments "
-        "(previous-token head -> induction head).",
+        steps=3000, lr=1e-3, warmup=100, gate_l0=0.1, gate_steps=1500,
+        description="2-layer, 8-head attention-only transformer trained to continue repeated random-token segments "
+        "(previous-token head -> induction head), with L0 gates that prune the heads the task does not need.",
     ),
     "chekhov": TrainSpec(
         arch=dict(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=32, act_fn="gelu",
@@ -60,11 +70,12 @@ SPECS: dict[str, TrainSpec] = {
         "the AI down (pattern-completing blackmail).",
     ),
     "sandbagging": TrainSpec(
-        arch=dict(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=16, act_fn="gelu",
+        arch=dict(n_layers=2, d_model=128, n_heads=8, d_head=16, d_mlp=512, n_ctx=16, act_fn="gelu",
                   normalization_type="LN"),
-        steps=4000, lr=1e-3, warmup=100,
-        description="2-layer transformer that states memorised facts truthfully, but gives a fixed wrong answer "
-        "when the prompt carries an evaluation cue (sandbagging).",
+        steps=4000, lr=1e-3, warmup=100, gate_l0=0.1, gate_steps=1000,
+        description="2-layer, 8-head transformer that states memorised facts truthfully, but gives a fixed wrong "
+        "answer when the prompt carries an evaluation cue (sandbagging), with L0 gates that prune the heads and "
+        "MLPs the task does not need.",
     ),
 }
 
@@ -133,35 +144,49 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int = 2, 
         targets = torch.cat([targets, pool.wrong])
         pos = torch.cat([pos, pos])
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98))
+    gates = ComponentGates(model, seed=seed).to(device) if s.gate_l0 else None
+    params = [{"params": list(model.parameters()), "weight_decay": s.weight_decay}]
+    if gates is not None:
+        params.append({"params": list(gates.parameters()), "weight_decay": 0.0, "lr": s.gate_lr})
+    opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / s.warmup))
+    gate_hooks = gates.hooks() if gates is not None else []
     model.train()
     good, done, history = 0, 0, []
+    gate_on = s.gate_start if gates is not None else None  # the step the penalty started at
     bar = tqdm(range(max_steps), desc=f"train {name}", disable=not progress)
     for step in bar:
         idx = torch.randint(0, len(tokens), (s.batch_size,), generator=gen).to(device)
-        logits = model(tokens[idx])
+        with model.hooks(fwd_hooks=gate_hooks if gate_on is not None else []):
+            logits = model(tokens[idx])
         rows = torch.arange(s.batch_size, device=device)
         loss = F.cross_entropy(logits[rows, pos[idx]], targets[idx])
+        if gates is not None and gate_on is not None:
+            loss = loss + s.gate_l0 * gates.expected_open()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for group in params for p in group["params"]], 1.0)
         opt.step()
         sched.step()
         done = step + 1
         if done % s.check_every == 0 or done == max_steps:
             model.eval()
-            m = evaluate(model, t, n=512, seed=10_000 + done, split="train")
+            with model.hooks(fwd_hooks=gate_hooks if gate_on is not None else []), gates_mode(gates, training=False):
+                m = evaluate(model, t, n=512, seed=10_000 + done, split="train")
             model.train()
             history.append({"step": done, "loss": round(loss.item(), 4), "train_accuracy": m["accuracy"],
                             "train_logit_diff": m["logit_diff"]})
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=m["accuracy"])
             ok = min(m["accuracy"], m["corrupted_accuracy"]) >= s.stop_accuracy and m["logit_diff"] >= s.min_logit_diff
             good = good + 1 if ok else 0
-            if good >= s.stop_checks:
+            if gates is not None and gate_on is None and good >= s.stop_checks:
+                gate_on, good = done, 0  # solved with every gate open: now prune
+            gated_long_enough = gates is None or (gate_on is not None and done >= gate_on + s.gate_steps)
+            if good >= s.stop_checks and gated_long_enough:
                 break
     bar.close()
     model.eval()
+    gate_values = gates.fold(model) if gates is not None else None
     wall = time.time() - started
     metrics = evaluate(model, t, n=eval_n)
     if device != "cpu":
@@ -177,7 +202,9 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int = 2, 
         "batch_size": s.batch_size,
         "optimizer": {"name": "AdamW", "lr": s.lr, "warmup_steps": s.warmup, "weight_decay": s.weight_decay,
                       "betas": [0.9, 0.98], "grad_clip": 1.0},
-        "loss": "cross-entropy at the answer position only",
+        "loss": "cross-entropy at the answer position only" + (
+            f" + {s.gate_l0} x the expected number of open head/MLP gates (hard-concrete L0)" if gates else ""),
+        "gates": gate_values and {**gate_values, "penalty_from_step": gate_on},
         "data": {"pool": s.pool, "split": "train", "seed": seed, "train_on_corrupted": t.train_on_corrupted,
                  "generator": f"mechkit.organisms.task({t.name!r}).generate(n, seed, split)"},
         "early_stop": {"check_every": s.check_every, "accuracy": s.stop_accuracy, "checks": s.stop_checks,
@@ -193,6 +220,20 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int = 2, 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return model, card
+
+
+@contextmanager
+def gates_mode(gates: ComponentGates | None, training: bool) -> Iterator[None]:
+    """Deterministic (evaluation) or sampled (training) gates inside the block."""
+    if gates is None:
+        yield
+        return
+    before = gates.training
+    gates.train(training)
+    try:
+        yield
+    finally:
+        gates.train(before)
 
 
 def _cpu_name() -> str:

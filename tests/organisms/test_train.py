@@ -25,6 +25,26 @@ def test_smoke_training_is_deterministic_and_writes_a_card():
     assert not torch.equal(init.W_E, m1.W_E)  # the 4 steps changed the weights
 
 
+def test_gated_training_prunes_components_into_a_plain_model():
+    from mechkit.organisms.gates import ComponentGates
+
+    torch_threads = torch.get_num_threads()
+    try:  # a heavy penalty and fast gates: every gate closes within a few steps
+        over = {**SMALL, "gate_l0": 50.0, "gate_lr": 1.0, "warmup": 1, "gate_steps": 6, "stop_accuracy": 0.0, "min_logit_diff": -1e9}
+        model, card = train("chekhov", steps=12, progress=False, eval_n=20, spec_overrides=over, threads=1)
+    finally:
+        torch.set_num_threads(torch_threads)
+        torch.use_deterministic_algorithms(False)
+    assert card["steps"] >= 6  # gate_steps held the early stop back
+    assert "open head/MLP gates" in card["loss"]
+    closed = [g for row in card["gates"]["heads"] for g in row] + card["gates"]["mlps"]
+    assert closed and all(g == 0.0 for g in closed)
+    for block in model.blocks:  # folded: closed components write nothing
+        assert not block.attn.W_O.any() and not block.mlp.W_out.any() and not block.mlp.b_out.any()
+    # deterministic gates: fully open for a large location, exactly shut for a small one
+    assert ComponentGates.deterministic(torch.tensor([5.0, -5.0])).tolist() == [1.0, 0.0]
+
+
 def _cli(monkeypatch, capsys, *args):
     """Run ``mechkit organisms ARGS`` in-process; returns (exit code, stdout, stderr)."""
     from mechkit.cli import main
