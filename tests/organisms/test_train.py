@@ -41,6 +41,15 @@ def test_gated_training_prunes_components_into_a_plain_model():
     assert closed and all(g == 0.0 for g in closed)
     for block in model.blocks:  # folded: closed components write nothing
         assert not block.attn.W_O.any() and not block.mlp.W_out.any() and not block.mlp.b_out.any()
+    assert card["gates"]["penalty_from_step"] == 0
+    # gate_start=None: no gates until the task is solved (here: three passing checks, step 6)
+    try:
+        later = {**over, "gate_start": None, "gate_steps": 4}
+        _, card = train("chekhov", steps=30, progress=False, eval_n=20, spec_overrides=later, threads=1)
+    finally:
+        torch.set_num_threads(torch_threads)
+        torch.use_deterministic_algorithms(False)
+    assert card["gates"]["penalty_from_step"] == 6 and card["steps"] == 12
     # deterministic gates: fully open for a large location, exactly shut for a small one
     assert ComponentGates.deterministic(torch.tensor([5.0, -5.0])).tolist() == [1.0, 0.0]
 
