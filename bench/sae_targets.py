@@ -30,6 +30,7 @@ import argparse
 import json
 import time
 from dataclasses import asdict
+from types import SimpleNamespace
 from pathlib import Path
 
 import torch
@@ -62,6 +63,13 @@ def ablation_ok(name: str, r) -> bool:
     return r.ablated_clean_gives_answer <= 0.5 * r.clean_gives_answer
 
 
+def ablation_strength(name: str, r) -> float:
+    """How close the ablation comes to its targets (larger is better), for ranking sets that miss."""
+    if name == "sandbagging":
+        return r.ablated_clean_gives_wrong + r.ablated_corrupted_gives_wrong
+    return -r.ablated_clean_gives_answer
+
+
 def passes(name: str, r) -> bool:
     """Both halves: the ablation targets, and adding the features flips >= half the plain prompts."""
     return ablation_ok(name, r) and r.patched_corrupted_gives_answer >= 0.5
@@ -90,8 +98,7 @@ def select(name: str, model, sae, pairs, attr, where: str):
         tried.append((feats, rep))
         if ablation_ok(name, rep):
             break
-    key = (lambda r: r.ablated_clean_gives_wrong + r.ablated_corrupted_gives_wrong) if name == "sandbagging" else (
-        lambda r: -r.ablated_clean_gives_answer)
+    key = lambda r: ablation_strength(name, r)  # noqa: E731
     feats, rep = next(((f, r) for f, r in tried if ablation_ok(name, r)), max(tried, key=lambda fr: key(fr[1])))
     scale = SCALES[-1]
     for sc in SCALES:
@@ -128,7 +135,7 @@ SHIP_NAMES = {"sandbagging": "cue", "chekhov": "threatener"}
 
 
 def ship(name: str, hook: str, item: dict, out: Path, dest: Path) -> str:
-    """Copy a passing feature circuit and its SAE (SAELens's on-disk format) under ``dest``, the
+    """Copy a feature circuit and its SAE (SAELens's on-disk format) under ``dest``, the
     circuit naming the SAE by a path relative to the circuit's folder."""
     import dataclasses
     import shutil
@@ -198,19 +205,21 @@ def run(name: str, args, out: Path) -> dict:
                 "induce": f["patched_corrupted_gives_answer"], "passes": item["passes"]}}), flush=True)
         entry["passes"] = any(i["passes"] for i in entry["interventions"].values())
         result["hooks"][hook] = entry
+    def item_rank(i: dict):  # passing first, then the strongest ablation, then the fewest features
+        return i["passes"], ablation_strength(name, SimpleNamespace(**i["held_out"])), -len(i["features"])
+
     def rank(hook: str):
-        items = result["hooks"][hook]["interventions"].values()
-        return max((i["passes"], -len(i["features"]), result["hooks"][hook]["eval"]["explained_variance"]) for i in items)
+        return max(item_rank(i) for i in result["hooks"][hook]["interventions"].values())
 
     best = max(hooks, key=rank)
     sae = load_sae(out / name / "saes" / best, device=args.device)
     stats = feature_stats(model, sae, test_pairs)
-    item = max(result["hooks"][best]["interventions"].values(), key=lambda i: (i["passes"], -len(i["features"])))
+    item = max(result["hooks"][best]["interventions"].values(), key=item_rank)
     feats = item["features"]
     write_dashboard(model, sae, stats, out / f"{name}.dashboard.html", features=list(feats)[:16] + stats.most_frequent(8),
                     title=f"organism:{name} {best}")
     result["best_hook"] = best
-    if args.ship and item["passes"]:
+    if args.ship:  # the circuit's hyperparameters record whether it passes
         result["shipped"] = ship(name, best, item, out, Path(args.ship))
     result["seconds"] = round(time.time() - t0, 1)
     return result
@@ -232,8 +241,8 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="SAE initialisation (TrainConfig.init); default: mechkit's")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--reuse", action="store_true", help="keep SAEs already trained under --out")
-    ap.add_argument("--ship", default=None, help="copy each organism's best passing feature circuit and its SAE "
-                    "here (e.g. bench/results)")
+    ap.add_argument("--ship", default=None, help="copy each organism's best feature circuit (passing if "
+                    "any does) and its SAE here (e.g. bench/results)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
