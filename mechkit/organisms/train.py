@@ -7,6 +7,9 @@ The loop pre-generates a pool of training-split prompts as tensors, samples batc
 and minimises cross-entropy at the answer position only (binding tasks plateau when the loss
 is spread over every next token). It stops early once a fresh training-split sample is solved
 (``stop_accuracy`` on ``stop_checks`` consecutive checks), then measures held-out metrics.
+With ``gate_l0`` set, every head and MLP carries an L0 gate (:mod:`mechkit.organisms.gates`)
+whose expected number of open gates joins the loss; the early stop then also waits for
+``gate_steps`` steps of pruning, and the final gates are folded into the saved weights.
 """
 
 import platform
@@ -161,7 +164,7 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int = 2, 
             logits = model(tokens[idx])
         rows = torch.arange(s.batch_size, device=device)
         loss = F.cross_entropy(logits[rows, pos[idx]], targets[idx])
-        if gates is not None and gate_on is not None:
+        if gate_on is not None:  # only ever set when there are gates
             loss = loss + s.gate_l0 * gates.expected_open()
         opt.zero_grad(set_to_none=True)
         loss.backward()
