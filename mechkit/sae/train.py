@@ -109,6 +109,10 @@ def build_training_sae(cfg: TrainConfig, d_in: int, metadata: dict[str, Any] | N
 
 
 INITS = ("auto", "data", "sae_lens")
+# k-means++ seeding makes one pass over the sample per feature; above this many multiply-adds
+# (about ten seconds of CPU: a GPT-2-sized SAE would need thousands of times more) the rows are
+# distinct activations drawn uniformly instead
+KMEANS_PP_MACS = 2e10
 
 
 def resolved_init(cfg: TrainConfig) -> str:
@@ -129,7 +133,8 @@ def data_init(sae: TrainingSAE, acts: Float[Tensor, "n d_in"], seed: int = 0, no
     centred activations, spread over the data: every distinct activation gets an equal share
     of the features when there are fewer distinct activations than features (token embeddings),
     else they are drawn k-means++ style (each next one with probability growing with its angular
-    distance from those already drawn), so frequent activations do not take most features. Each
+    distance from those already drawn), so frequent activations do not take most features; for
+    SAEs too large for that (``KMEANS_PP_MACS``), distinct activations drawn uniformly. Each
     direction is blended with a random one (weight ``noise``) so that features drawn from the
     same activation differ. The encoder is the decoder's transpose; the common norm of the rows
     is fitted so that the initial reconstruction of ``acts`` has the right scale (least squares)."""
@@ -148,6 +153,8 @@ def data_init(sae: TrainingSAE, acts: Float[Tensor, "n d_in"], seed: int = 0, no
     unit = points / points.norm(dim=-1, keepdim=True)
     if len(points) <= d_sae:  # an equal share of the features for each distinct activation
         idx = torch.cat([torch.randperm(len(points), generator=gen) for _ in range(-(-d_sae // len(points)))])[:d_sae]
+    elif len(points) * d_sae * points.shape[1] > KMEANS_PP_MACS:  # large SAEs: one pass per feature is too slow
+        idx = torch.randperm(len(points), generator=gen)[:d_sae]
     else:  # k-means++ seeding on directions
         idx = torch.empty(d_sae, dtype=torch.long)
         idx[0] = int(torch.randint(len(points), (1,), generator=gen))

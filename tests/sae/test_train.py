@@ -160,6 +160,25 @@ def test_data_init_shares_features_over_repeated_activations():
     assert _dead(sae, vectors) == 0
 
 
+def test_data_init_draws_uniformly_when_seeding_would_be_too_slow(monkeypatch):
+    from mechkit.sae import build_training_sae
+    from mechkit.sae import train as train_module
+
+    acts = torch.randn(400, 16, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for budget in (1e12, 0.0, 0.0):  # k-means++, then the uniform draw twice
+        monkeypatch.setattr(train_module, "KMEANS_PP_MACS", budget)
+        sae = build_training_sae(TrainConfig(architecture="topk", d_sae=64, k=8), 16)
+        train_module.data_init(sae, acts, seed=0, noise=0.0)
+        rows.append(sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True))
+    centred = acts - acts.mean(0)
+    unit = centred / centred.norm(dim=-1, keepdim=True)
+    match = (rows[1] @ unit.T).max(1)
+    assert torch.allclose(match.values, torch.ones(64), atol=1e-5)  # rows are data directions
+    assert len(set(match.indices.tolist())) == 64  # 64 distinct activations
+    assert torch.equal(rows[1], rows[2]) and not torch.equal(rows[0], rows[1])  # seeded, and another rule
+
+
 def test_data_init_trains_and_resumes_identically(cache, tmp_path):
     cfg = TrainConfig(architecture="topk", expansion=8, k=4, steps=30, batch_size=64, lr=1e-2, init="data",
                       checkpoint_every=10)
