@@ -60,6 +60,7 @@ def train_cmd(
     device: str = typer.Option("cpu"),
     autocast: bool = typer.Option(None, "--autocast/--no-autocast", help="bf16 autocast (default: on for CUDA)"),
     checkpoint_every: int = typer.Option(0, help="steps between checkpoints (0: none)"),
+    init: str = typer.Option("auto", help="auto (data for the topk family), data, or sae_lens"),
     option: list[str] = typer.Option([], help="extra SAELens config field, KEY=JSON_VALUE; repeatable"),
 ) -> None:
     """Train an SAE with SAELens's SAETrainer on cached activations."""
@@ -77,7 +78,7 @@ def train_cmd(
             options[key] = value
     cfg = TrainConfig(architecture=architecture, expansion=expansion, d_sae=d_sae, k=k, sparsity_coefficient=sparsity,
                       steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device, autocast=autocast,
-                      checkpoint_every=checkpoint_every, options=options)
+                      checkpoint_every=checkpoint_every, init=init, options=options)
     sae = train_sae(cache, hook, out, cfg)
     typer.echo(f"trained {architecture} SAE d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} -> {out}")
 

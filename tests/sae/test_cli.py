@@ -91,3 +91,23 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
     a, b = load_file(str(killed / "sae_weights.safetensors")), load_file(str(straight / "sae_weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (Path(killed) / "sparsity.safetensors").read_bytes() == (Path(straight) / "sparsity.safetensors").read_bytes()
+
+
+def test_train_init_option(tiny_organism_dir, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    _cli(monkeypatch, "sae", "cache", "organism:tiny", str(cache), "--hook", HOOK, "--n", "16", "--device", "cpu")
+    short = ["--arch", "topk", "--k", "4", "--expansion", "4", "--steps", "1", "--batch-size", "64"]
+    for init in ("data", "sae_lens"):
+        _cli(monkeypatch, "sae", "train", str(cache), HOOK, str(tmp_path / init), *short, "--init", init)
+    data, sae_lens = (load_file(str(tmp_path / i / "sae_weights.safetensors")) for i in ("data", "sae_lens"))
+    assert not torch.allclose(data["W_dec"], sae_lens["W_dec"])
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["mechkit", "sae", "train", str(cache), HOOK, str(tmp_path / "x"), *short,
+                                      "--init", "kmeans"])
+    try:
+        main()
+    except SystemExit as exit_:
+        assert exit_.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown init 'kmeans'" in err and "\n" not in err
+    assert not (tmp_path / "x" / "sae_weights.safetensors").exists()
