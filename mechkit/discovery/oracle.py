@@ -59,7 +59,8 @@ def oracle(
     """Search node subsets by increasing size (see the module docstring)."""
     graph = Graph.from_model(model)
     names = graph.node_names
-    live = [i for i in range(len(names)) if i not in silent_nodes(model, graph)]
+    silent = silent_nodes(model, graph)
+    live = [i for i in range(len(names)) if i not in silent]
     if len(live) > max_nodes:
         raise OracleError(
             f"the model has {len(live)} heads and MLPs; exhaustive search is limited to max_nodes={max_nodes} "
@@ -97,4 +98,3 @@ def oracle(
             break
     bar.close()  # the loop ends at the first size reaching the target, else with the full set
     return OracleResult(tuple(names[i] for i in best_set), best, target, best >= target, evaluated, ablation)
-

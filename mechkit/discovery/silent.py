@@ -29,15 +29,6 @@ def silent_nodes(model: HookedTransformer, graph: Graph) -> set[int]:
 
 def inert_edges(model: HookedTransformer, graph: Graph) -> Bool[Tensor, " n_edges"]:
     """Edges from or into a silent component: keeping or ablating them gives the same run."""
-    silent_fwd = torch.zeros(graph.n_forward, dtype=torch.bool)
-    silent_fwd[[1 + i for i in silent_nodes(model, graph)]] = True
-    receiver_fwd = torch.full((graph.n_backward,), -1, dtype=torch.long)  # the node each input belongs to
-    for layer in range(graph.n_layers):
-        for head in range(graph.n_heads):
-            for x in ("q", "k", "v"):
-                receiver_fwd[graph.qkv_bwd(layer, x, head)] = graph.head_fwd(layer, head)
-        if graph.has_mlp:
-            receiver_fwd[graph.mlp_bwd(layer)] = graph.mlp_fwd(layer)
-    sender, receiver = graph.edge_index.unbind(1)
-    into = receiver_fwd[receiver]
-    return silent_fwd[sender] | ((into >= 0) & silent_fwd[into.clamp(min=0)])
+    live = torch.ones(len(graph.node_names), dtype=torch.bool)
+    live[list(silent_nodes(model, graph))] = False
+    return ~graph.node_mask_to_edges(live)
