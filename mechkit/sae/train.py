@@ -238,10 +238,11 @@ def train_sae(
     }
     init = resolved_init(cfg)
     sae = build_training_sae(cfg, d_in, metadata)
-    if init == "data":
-        data_init(sae, _init_sample(cache, hook, cfg, sae.cfg.d_sae), seed=cfg.seed)
     config_key = {"train": json.loads(json.dumps(asdict(cfg))), "hook": hook, "cache": cache.model_fingerprint}
     root = out / "checkpoints"
+    latest = ckpt.latest_checkpoint(root) if resume else None
+    if init == "data" and latest is None:  # a resumed run loads its weights from the checkpoint
+        data_init(sae, _init_sample(cache, hook, cfg, sae.cfg.d_sae), seed=cfg.seed)
     trainer: SAETrainer | None = None
 
     def on_checkpoint(checkpoint_path: Path | None) -> None:  # noqa: ARG001 (SAELens passes None here)
@@ -251,7 +252,6 @@ def train_sae(
     start = 0
     data = _Provider(cache, hook, cfg)
     trainer = SAETrainer(cfg=_trainer_config(cfg), sae=sae, data_provider=data, save_checkpoint_fn=on_checkpoint)
-    latest = ckpt.latest_checkpoint(root) if resume else None
     if latest is not None:
         start = ckpt.load_checkpoint(trainer, latest, config_key)
     elif cfg.normalize_activations == "expected_average_only_in":
