@@ -58,6 +58,8 @@ def main() -> None:
             "steps": other["steps"], "wall_time_s": other["wall_time_s"], "held_out": other["held_out"],
             "identical_weights": identical, "max_abs_weight_diff": round(diff, 6),
         }
+        if "gates" in other:  # which components the rerun's gates kept open
+            card["rerun"]["gates"] = other["gates"]
     if args.name == "sandbagging":
         from mechkit.organisms.probe import sandbagging_probe
 
