@@ -12,6 +12,7 @@ import dataclasses
 import html
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class DemoResult:
     top_heads_patching: list[tuple[str, float]]
     verified: bool
     verify_message: str
+    convergence: object = None  # mechkit.discovery.Convergence of the EAP-IG scores (None for other methods)
     files: dict[str, Path] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -97,7 +99,9 @@ def run_demo(
         files["patching_heads"] = _write_figure(heads.heatmap(), out / "patching_heads.html")
 
     with _timed(seconds, "discovery"):
-        scores = discovery.attribute(model, pairs, method, model_spec=spec, progress=progress)
+        with warnings.catch_warnings():  # the summary reports the integral check itself
+            warnings.simplefilter("ignore", discovery.IntegrationWarning)
+            scores = discovery.attribute(model, pairs, method, model_spec=spec, progress=progress)
 
     with _timed(seconds, "evaluation"):
         # scored on `pairs`, measured on fresh held-out `eval_pairs`
@@ -134,6 +138,7 @@ def run_demo(
         top_heads_patching=[(f"L{c['layer']}{c['head']}", v) for c, v in heads.top(3)],
         verified=bool(verdict.passed),
         verify_message=verdict.reason or "; ".join(verdict.lines()[1:]),
+        convergence=scores.convergence,
         files=files,
         seconds=seconds,
     )
@@ -184,6 +189,8 @@ def _summary_dict(r: DemoResult) -> dict:
         "cmd": r.cmd,
         "curve": {"fractions": list(r.curve.fractions), "faithfulness": list(r.curve.faithfulness)},
         "top_components": r.top_components,
+        "eap_ig_convergence": None if r.convergence is None else {
+            **dataclasses.asdict(r.convergence), "relative_error": r.convergence.relative_error},
         "verified": r.verified,
         "seconds": r.seconds,
         "files": {k: str(v) for k, v in r.files.items()},
@@ -207,6 +214,7 @@ def _write_report(r: DemoResult, circuit, path: Path) -> Path:
         *[(f"faithfulness ({f.ablation})", _fmt_faith(f)) for f in r.faithfulness],
         ("CPR / CMD", f"{r.cpr:.3f} / {r.cmd:.3f}"),
         ("top components", ", ".join(f"{n} ({s:+.2f})" for n, s in r.top_components)),
+        *([("EAP-IG integral check", _integral_check(r.convergence))] if r.convergence is not None else []),
         ("verified", "yes" if r.verified else f"NO: {r.verify_message}"),
     ]
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
@@ -231,6 +239,12 @@ table{{border-collapse:collapse}}th,td{{text-align:left;padding:4px 12px;border-
     return path
 
 
+def _integral_check(c) -> str:
+    """One line on EAP-IG's completeness check (mechkit.discovery.convergence)."""
+    return (f"embedding edges sum to {c.embedding_sum:.3g}, metric change {c.total_effect:.3g} "
+            f"({100 * c.relative_error:.0f}% off at ig_steps {c.ig_steps})")
+
+
 def _fmt_faith(f) -> str:
     ci = f" (95% CI {f.ci_low:.3f} to {f.ci_high:.3f})" if f.ci_low is not None else ""
     return f"{f.value:.3f}{ci}"
@@ -249,6 +263,8 @@ def print_summary(r: DemoResult) -> None:
     table.add_row("CPR / CMD", f"{r.cpr:.3f} / {r.cmd:.3f}")
     table.add_row("top components (EAP-IG)", ", ".join(f"{n} ({s:+.2f})" for n, s in r.top_components))
     table.add_row("top heads (patching)", ", ".join(f"{n} ({s:.2f})" for n, s in r.top_heads_patching))
+    if r.convergence is not None:
+        table.add_row("EAP-IG integral check", _integral_check(r.convergence))
     table.add_row("verified", "yes" if r.verified else f"NO: {r.verify_message}")
     table.add_row("time", ", ".join(f"{k} {v:.1f}s" for k, v in r.seconds.items()) + f" (total {sum(r.seconds.values()):.1f}s)")
     for key, path in r.files.items():

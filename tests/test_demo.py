@@ -25,6 +25,10 @@ def test_demo_writes_a_verified_circuit_and_report(tmp_path):
     assert int(circuit.in_circuit.sum()) == summary["edges"]["circuit"] < summary["edges"]["graph"]
     assert [f.ablation for f in circuit.faithfulness] == ["resample", "mean", "zero"]
     assert verify_circuit(out / "chekhov.circuit.json", device="cpu").passed
+    # the EAP-IG integral check is reported, with its parts (its numbers: tests/discovery/test_convergence.py)
+    check = summary["eap_ig_convergence"]
+    assert check["ig_steps"] == 5 and check["relative_error"] == abs(check["embedding_sum"] - check["total_effect"]) / abs(check["total_effect"])
+    assert "EAP-IG integral check" in result.output
     report = (out / "report.html").read_text()
     assert "<script" in report
     # offline: nothing is fetched from elsewhere (the SVG namespace URI is only a name)

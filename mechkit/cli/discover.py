@@ -1,5 +1,6 @@
 """``mechkit discover SPEC (--task NAME | --data pairs.csv) --method eap-ig --edges 5% --out DIR``."""
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -62,7 +63,7 @@ def discover(
     from rich.console import Console
     from rich.table import Table
 
-    from mechkit.discovery import discover as run_discover
+    from mechkit.discovery import IntegrationWarning, discover as run_discover
     from mechkit.models import load_model
 
     console = Console()
@@ -70,10 +71,16 @@ def discover(
         model = load_model(spec, device=device)
         pairs = load_pairs(model, task, data, n, seed, split)
     options = {"eap-ig": {"ig_steps": ig_steps}, "eap-ig-activations": {"ig_steps": ig_steps}, "acdc": {"tau": tau}, "oracle": {"target": target}}.get(method, {})
-    circuit = run_discover(
-        model, pairs, method, edges, rule=rule, threshold=threshold, ablation=ablation,
-        model_spec=spec, progress=True, **options,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IntegrationWarning)
+        circuit = run_discover(
+            model, pairs, method, edges, rule=rule, threshold=threshold, ablation=ablation,
+            model_spec=spec, progress=True, **options,
+        )
+    unresolved = [str(w.message) for w in caught if issubclass(w.category, IntegrationWarning)]
+    for w in caught:  # anything else is shown as usual
+        if not issubclass(w.category, IntegrationWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     table = Table(title=f"mechkit discover {spec}", show_header=False)
     f = circuit.faithfulness[0]
     kept = int(circuit.in_circuit.sum())
@@ -89,6 +96,7 @@ def discover(
     order = circuit.edge_scores.abs().argsort(descending=True).tolist()
     top = [circuit.edge_names[i] for i in order if circuit.in_circuit[i]][:5]
     rows.append(("top edges", ", ".join(f"{e} ({float(circuit.edge_scores[circuit.edge_names.index(e)]):+.3g})" for e in top)))
+    rows += [("[yellow]warning", f"[yellow]{message}") for message in unresolved]
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)

@@ -10,11 +10,13 @@
 
 Modules: ``graph`` (nodes, edges, dense index), ``forward`` (patched forwards), ``methods``
 (registered scorers: eap, eap-ig, eap-ig-activations, exact), ``select``, ``acdc``, ``oracle``, ``evaluate``
-(faithfulness, curves, CPR/CMD, robustness), ``ground_truth`` (AUROC, Jaccard).
+(faithfulness, curves, CPR/CMD, robustness), ``ground_truth`` (AUROC, Jaccard), ``convergence`` (EAP-IG's
+completeness check).
 """
 
 from mechkit.discovery.acdc import acdc as acdc
 from mechkit.discovery.api import attribute as attribute, discover as discover
+from mechkit.discovery.convergence import Convergence as Convergence, IntegrationWarning as IntegrationWarning
 from mechkit.discovery.evaluate import (
     MIB_FRACTIONS as MIB_FRACTIONS,
     Curve as Curve,

@@ -14,6 +14,7 @@ from transformer_lens import HookedTransformer
 
 from mechkit._types import Circuit, PromptPairs
 from mechkit.discovery.acdc import acdc
+from mechkit.discovery.convergence import convergence, warn_if_unresolved
 from mechkit.discovery.evaluate import evaluate
 from mechkit.discovery.forward import Metric, ablated_outputs
 from mechkit.discovery.graph import Graph
@@ -63,6 +64,10 @@ def attribute(
 
     Methods: ``eap``, ``eap-ig`` and ``eap-ig-activations`` (``ig_steps``, default 5), ``exact``. ``metric(logits, pairs)``
     returns one value per prompt (default: logit difference).
+
+    The integrated-gradients methods also check their integral (``scores.convergence``,
+    :mod:`mechkit.discovery.convergence`) and warn (``IntegrationWarning``) when it is more than
+    20% off.
     """
     if method in SELECTING:
         raise MethodError(f"{method} selects edges itself rather than scoring them: use discover(model, pairs, method={method!r})")
@@ -74,6 +79,10 @@ def attribute(
     edge, node = entry.func(
         model, graph, pairs, metric or logit_diff, ablated, progress=progress, max_batch=max_batch, **options
     )
+    check = None
+    if "ig_steps" in options:
+        check = convergence(model, graph, pairs, metric or logit_diff, ablated, edge, options["ig_steps"])
+        warn_if_unresolved(check)
     return EdgeScores(
         graph=graph,
         scores=edge.detach().float().cpu(),
@@ -83,6 +92,7 @@ def attribute(
         model_spec=model_spec,
         model_fingerprint=fingerprint(model),
         task=dict(pairs.task),
+        convergence=check,
     )
 
 

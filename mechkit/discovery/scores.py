@@ -17,6 +17,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from mechkit._types import Circuit, Faithfulness
+from mechkit.discovery.convergence import Convergence
 from mechkit.discovery.graph import Graph
 from mechkit.discovery.select import (
     SelectionError,
@@ -50,6 +51,7 @@ class EdgeScores:
     model_spec: str = ""
     model_fingerprint: str = ""
     task: dict[str, Any] = field(default_factory=dict)
+    convergence: Convergence | None = None  # integrated-gradients methods: their integral's check
 
     @property
     def edge_names(self) -> tuple[str, ...]:
