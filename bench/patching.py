@@ -34,6 +34,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -96,11 +97,6 @@ def random_pairs(n: int, n_pos: int, vocab: int, kind: str, device: str) -> Prom
     return PromptPairs(clean, corrupted, answer, wrong, torch.full((n,), n_pos - 1)).to(device)
 
 
-def median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
-
-
 def time_mechkit(model, pairs, sweep, device, repeats=5, layers=None):
     times, result = [], None
     for _ in range(repeats):
@@ -109,7 +105,7 @@ def time_mechkit(model, pairs, sweep, device, repeats=5, layers=None):
         result = activation_patch(model, pairs, sweep, "logit-diff", layers=layers, progress=False)
         sync(device)
         times.append(time.perf_counter() - t)
-    return median(times), result.values
+    return statistics.median(times), result.values
 
 
 def time_tl(model, pairs, sweep, device, budget_s, layers=None, repeats=5):
@@ -147,7 +143,7 @@ def time_tl(model, pairs, sweep, device, budget_s, layers=None, repeats=5):
             sync(device)
             times.append(time.perf_counter() - t0)
             spent += times[-1]
-        return median(times), grid.shape[0], grid, full.flatten(), False
+        return statistics.median(times), grid.shape[0], grid, full.flatten(), False
     k = max(8, min(grid.shape[0], int(budget_s / per_cell)))
     cells = grid[order[:k]]
     t_sub, vals = _tl_cells(model, pairs, cells, axes, setter, act, cache, metric, device)
