@@ -26,7 +26,7 @@ PY="${PYTHON:-python3}"
       "pydantic>=2" "plotly>=5" pandas
   fi
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available()); assert torch.cuda.is_available(), 'no CUDA device'"
-  "$PY" bench/patching.py --device cuda --tl-seconds 120 --out "$OUT/bench-patching-gpu.json"
+  "$PY" bench/patching.py --device cuda --tl-seconds "${TL_SECONDS:-120}" --out "$OUT/bench-patching-gpu.json"
   "$PY" - "$OUT/bench-patching-gpu.json" <<'PYEOF'
 import json, sys
 rows = json.load(open(sys.argv[1]))["results"]
