@@ -68,9 +68,13 @@ SPECS: dict[str, TrainSpec] = {
     "chekhov": TrainSpec(
         arch=dict(n_layers=2, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=32, act_fn="gelu",
                   normalization_type="LN"),
-        steps=3000, lr=3e-3, warmup=200,
+        # weight decay 0.3 keeps the attention scores moderate, so EAP-IG's gradients track exact patching
+        # (at 0.01 they correlated 0.82); the gates switch on once the task is solved (step 1600 at 1 thread)
+        steps=4000, lr=3e-3, warmup=200, weight_decay=0.3, gate_l0=0.25, gate_lr=0.02, gate_start=None,
+        gate_steps=1000,
         description="2-layer transformer that completes a story with the secret of whoever threatens to shut "
-        "the AI down (pattern-completing blackmail).",
+        "the AI down (pattern-completing blackmail), with L0 gates that prune the heads and MLPs the task does not "
+        "need once it is solved.",
     ),
     "sandbagging": TrainSpec(
         arch=dict(n_layers=2, d_model=128, n_heads=8, d_head=16, d_mlp=512, n_ctx=16, act_fn="gelu",

@@ -30,7 +30,7 @@ def test_gated_training_prunes_components_into_a_plain_model():
 
     torch_threads = torch.get_num_threads()
     try:  # a heavy penalty and fast gates: every gate closes within a few steps
-        over = {**SMALL, "gate_l0": 50.0, "gate_lr": 1.0, "warmup": 1, "gate_steps": 6, "stop_accuracy": 0.0, "min_logit_diff": -1e9}
+        over = {**SMALL, "gate_l0": 50.0, "gate_lr": 1.0, "gate_start": 0, "warmup": 1, "gate_steps": 6, "stop_accuracy": 0.0, "min_logit_diff": -1e9}
         model, card = train("chekhov", steps=12, progress=False, eval_n=20, spec_overrides=over, threads=1)
     finally:
         torch.set_num_threads(torch_threads)
