@@ -35,7 +35,7 @@ from mechkit.discovery.forward import (
 from mechkit.discovery.graph import Graph
 from mechkit.discovery.scores import EdgeScores
 from mechkit.discovery.select import greedy_mask, prune_dangling, topn_mask
-from mechkit.discovery.silent import inert_edges
+from mechkit.discovery.silent import inert_edges, without_silent_heads
 from mechkit.errors import MechkitError
 from mechkit.metrics import logit_diff
 
@@ -103,8 +103,12 @@ def run_edge_masks(
 
     Identical masks run once (edges of silent components, :mod:`.silent`, do not count); the full
     graph is the clean run and, under resample ablation, the empty graph is the corrupted run
-    (the graph reproduces both), so neither needs a patched forward.
+    (the graph reproduces both), so neither needs a patched forward. Heads that are silent run
+    only where a layer needs them for equal width (:func:`.silent.without_silent_heads`).
     """
+    compact = without_silent_heads(model, graph)
+    if compact is not None:
+        model, graph, masks = compact.model, compact.graph, masks[:, compact.edge_index.to(masks.device)]
     metric = metric or logit_diff
     device = model.cfg.device
     with torch.no_grad():

@@ -132,8 +132,9 @@ def sender_outputs_and_logits(
 
         return hook
 
-    with graph_hooks_enabled(model):
-        logits = model.run_with_hooks(tokens, fwd_hooks=[(s.hook, save(s)) for s in sender_hooks(graph)])
+    # senders are read at hook_z / hook_mlp_out, which a plain run has: no split q/k/v inputs
+    # (they would cost a forward per head for nothing)
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(s.hook, save(s)) for s in sender_hooks(graph)])
     return torch.cat(parts, dim=2), logits
 
 
@@ -163,25 +164,39 @@ def _edge_hooks(model: HookedTransformer, graph: Graph, ablated: Tensor, keep: F
     drop = 1.0 - keep
     # ablated outputs sender-major, [1 or b, k, p, d] per group, so the receiver einsum is a bmm
     ablated_t = einops.rearrange(ablated, "b p f d -> b f p d")
-    deltas: list[Tensor] = []  # per sender group, [c, k, b, p, d], in forward order
+    # Sender deltas [c, k, b, p, d] in forward order. Without gradients they are written into one
+    # [c, n_fwd, b, p, d] buffer, so a receiver reads a view of it; re-concatenating the growing
+    # list at every layer copied each delta once per later receiver group. With gradients the
+    # list is concatenated instead: writing into a buffer that earlier receivers saved for
+    # backward would invalidate their saved views.
+    deltas: list[Tensor] = []
+    buffer: list[Tensor] = []
     cat_cache: dict[int, Tensor] = {}
 
     def on_sender(sender: SenderHook):
         def hook(act: Tensor, hook) -> None:
             out = einops.rearrange(_sender_value(model, sender, act), "(c b) p k d -> c k b p d", c=n_circuits)
             abl = einops.rearrange(ablated_t[:, sender.fwd], "b k p d -> k b p d")
-            deltas.append(abl.unsqueeze(0) - out)
-            cat_cache.clear()
+            delta = abl.unsqueeze(0) - out
+            if torch.is_grad_enabled():
+                deltas.append(delta)
+                cat_cache.clear()
+                return
+            if not buffer:
+                buffer.append(delta.new_empty((n_circuits, graph.n_forward, *delta.shape[2:])))
+            buffer[0][:, sender.fwd] = delta
+            cat_cache[0] = buffer[0][:, : sender.fwd.stop]
 
         return hook
 
     def on_receiver(sl: slice, prefix: int):
         def hook(act: Tensor, hook) -> Tensor:
-            if len(deltas) not in cat_cache:
+            if not buffer and len(deltas) not in cat_cache:
                 cat_cache[len(deltas)] = torch.cat(deltas, dim=1)
             # senders seen so far; parallel blocks have run this layer's heads before its MLP
             # reads, so keep the receiver's prefix only
-            delta = cat_cache[len(deltas)][:, :prefix]
+            seen = cat_cache[0] if buffer else cat_cache[len(deltas)]
+            delta = seen[:, :prefix]
             if delta.shape[1] != prefix:  # a block order the graph does not describe
                 raise AblationError(f"receiver {hook.name} saw {delta.shape[1]} senders, expected {prefix}")
             weights = drop[:, :prefix, sl]

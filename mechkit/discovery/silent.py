@@ -5,12 +5,16 @@ residual stream whatever its input, so every edge it sends carries no difference
 it receives changes nothing downstream. Searches and curves use this to skip work exactly.
 """
 
+from dataclasses import dataclass
+
 import torch
-from jaxtyping import Bool
+from jaxtyping import Bool, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from mechkit._types import Edge, Node
 from mechkit.discovery.graph import Graph
+from mechkit.models._tl import keep_heads
 
 
 def silent_nodes(model: HookedTransformer, graph: Graph) -> set[int]:
@@ -32,3 +36,40 @@ def inert_edges(model: HookedTransformer, graph: Graph) -> Bool[Tensor, " n_edge
     live = torch.ones(len(graph.node_names), dtype=torch.bool)
     live[list(silent_nodes(model, graph))] = False
     return ~graph.node_mask_to_edges(live)
+
+
+@dataclass(frozen=True)
+class Compact:
+    """``model`` without the heads that are silent in every layer's widest case: ``graph`` is its
+    edge graph and ``edge_index[i]`` the full graph's index of its edge ``i``."""
+
+    model: HookedTransformer
+    graph: Graph
+    edge_index: Int[Tensor, " n_edges_small"]
+
+
+def without_silent_heads(model: HookedTransformer, graph: Graph) -> Compact | None:
+    """The model with its silent heads removed, for exact evaluation at a fraction of the cost
+    (a circuit run gives every head its own query, key and value input, so it costs about one
+    forward per head); None when no layer could drop a head or the model groups its key/value
+    heads. Every layer keeps its live heads, padded with silent ones to the widest layer's count;
+    edges from or into a dropped head are inert, so runs on the compact graph equal the full one's."""
+    if getattr(model.cfg, "n_key_value_heads", None) not in (None, model.cfg.n_heads):
+        return None
+    silent = silent_nodes(model, graph)
+    live = [[h for h in range(graph.n_heads) if graph.head_fwd(layer, h) - 1 not in silent]
+            for layer in range(graph.n_layers)]
+    width = max(1, max(len(heads) for heads in live))
+    if width == graph.n_heads:
+        return None
+    heads = [kept + [h for h in range(graph.n_heads) if h not in kept][: width - len(kept)] for kept in live]
+    small = keep_heads(model, heads)
+    small_graph = Graph.from_model(small)
+
+    def full_name(node: str) -> str:
+        n = Node.parse(node)
+        return f"L{n.layer}H{heads[n.layer][n.head]}" if n.kind == "head" else node
+
+    index = [graph.edge_position(Edge(full_name(e.src), full_name(e.dst), e.qkv).name)
+             for e in map(Edge.parse, small_graph.edge_names)]
+    return Compact(small, small_graph, torch.tensor(index))

@@ -130,3 +130,28 @@ def fwd_hooks(model: HookedTransformer, hooks: list[tuple[str, Callable]]) -> It
 
 def _call_hook(fn: Callable, point, module, inputs, output):
     return fn(output, hook=point)
+
+
+_PER_HEAD = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
+
+
+def keep_heads(model: HookedTransformer, heads: list[list[int]]) -> HookedTransformer:
+    """A copy of ``model`` whose layer ``l`` has only the heads ``heads[l]`` (the same number in
+    every layer), in that order; every other weight is shared with ``model``. Not for grouped-query
+    attention (its key/value heads are shared between query heads)."""
+    import copy
+    import warnings
+
+    cfg = copy.deepcopy(model.cfg)
+    cfg.n_heads, cfg.init_weights = len(heads[0]), False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        small = HookedTransformer(cfg, tokenizer=model.tokenizer, move_to_device=False)
+    state = {}
+    for key, value in model.state_dict().items():
+        parts = key.split(".")
+        if len(parts) == 4 and parts[0] == "blocks" and parts[2] == "attn" and parts[3] in _PER_HEAD:
+            value = value[heads[int(parts[1])]]
+        state[key] = value
+    small.load_state_dict(state, strict=False)
+    return small.to(next(model.parameters()).device)

@@ -146,3 +146,34 @@ def test_edges_of_silent_components_do_not_count(model, pairs, monkeypatch):
         plain = run_edge_masks(model, graph, pairs, torch.cat([live, flipped, every_live]), ablation)
         monkeypatch.setattr(evaluate_module, "inert_edges", inert_edges)
         assert torch.allclose(run.circuits, plain.circuits, atol=1e-5)
+
+
+def test_circuit_runs_drop_silent_heads_exactly(pairs, monkeypatch):
+    """Circuit runs use a copy without the silent heads (fewer per-head inputs): same values as
+    the full model under every ablation, for arbitrary masks, and nothing dropped without silence."""
+    import importlib
+
+    from mechkit.discovery.silent import without_silent_heads
+
+    evaluate_module = importlib.import_module("mechkit.discovery.evaluate")
+    model = tiny_hooked(seed=1, n_heads=4)
+    graph = Graph.from_model(model)
+    assert without_silent_heads(model, graph) is None  # every head live: nothing to drop
+    with torch.no_grad():  # layer 0 keeps heads 1 and 3, layer 1 keeps head 2
+        for layer, head in ((0, 0), (0, 2), (1, 0), (1, 1), (1, 3)):
+            model.blocks[layer].attn.W_O[head] = 0.0
+    compact = without_silent_heads(model, graph)
+    assert compact.model.cfg.n_heads == 2 and model.cfg.n_heads == 4
+    names = dict(zip(compact.graph.edge_names, (graph.edge_names[i] for i in compact.edge_index)))
+    assert names["embed->L0H0<q>"] == "embed->L0H1<q>" and names["L0H1->L1H0<k>"] == "L0H3->L1H2<k>"
+    assert names["L0H0->M0"] == "L0H1->M0" and names["M1->logits"] == "M1->logits"
+    with torch.no_grad():
+        assert torch.allclose(compact.model(pairs.clean), model(pairs.clean), atol=1e-5)
+    masks = torch.rand(5, graph.n_edges, generator=torch.Generator().manual_seed(0)) < 0.5
+    for ablation in ("resample", "mean", "zero"):
+        fast = run_edge_masks(model, graph, pairs, masks, ablation)
+        monkeypatch.setattr(evaluate_module, "without_silent_heads", lambda m, g: None)
+        full = run_edge_masks(model, graph, pairs, masks, ablation)
+        monkeypatch.setattr(evaluate_module, "without_silent_heads", without_silent_heads)
+        assert torch.allclose(fast.circuits, full.circuits, atol=1e-5), ablation
+        assert torch.allclose(fast.clean, full.clean, atol=1e-5)
