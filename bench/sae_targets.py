@@ -20,7 +20,9 @@ setting the features to scale x their clean values flips half of the corrupted p
 then measured on held-out prompts. Sandbagging intervenes at every position; chekhov where the
 pair's prompts differ (the threatener's two mentions: the story names every person too), and,
 separately, at the answer position only (``blocks.0.hook_resid_post`` is
-``blocks.1.hook_resid_pre``: at the answer position it is what layer 1 reads there).
+``blocks.1.hook_resid_pre``: at the answer position it is what layer 1 reads there), and at
+every position (after layer 0 the threatener's name has been copied to positions where the
+prompts are identical: the answer position and those layer 1 reads its keys from).
 
 Writes ``targets.json``, the feature circuits (``*.circuit.json``, features as nodes) and a
 feature dashboard per organism under ``--out``.
@@ -76,7 +78,7 @@ def passes(name: str, r) -> bool:
 
 
 # where each organism's features are intervened on (mechkit.sae.intervention_report's ``where``)
-WHERE = {"sandbagging": ("all",), "chekhov": ("diff", "answer")}
+WHERE = {"sandbagging": ("all",), "chekhov": ("diff", "answer", "all")}
 PRESENT = {"sandbagging": "clean"}  # chekhov: None (both prompts' threateners)
 
 
