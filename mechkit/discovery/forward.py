@@ -12,7 +12,7 @@ Shapes: ``c`` circuits, ``n_fwd`` senders, ``n_bwd`` receivers (see :mod:`.graph
 """
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import einops
@@ -267,9 +267,11 @@ def run_masked(
     n_circuits, batch = keep.shape[0], len(pairs)
     device = model.cfg.device
     keep = keep.to(device=device, dtype=ablated.dtype)
-    hooks = _edge_hooks(model, graph, ablated, keep) if keep.ndim == 3 else _node_hooks(model, graph, ablated, keep)
+    edges = keep.ndim == 3
+    hooks = _edge_hooks(model, graph, ablated, keep) if edges else _node_hooks(model, graph, ablated, keep)
     tokens = pairs.clean.to(device).repeat(n_circuits, 1)
-    with graph_hooks_enabled(model):
+    # node masks patch outputs only: no per-head q/k/v inputs (each costs about a forward per head)
+    with graph_hooks_enabled(model) if edges else nullcontext():
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
     values = metric(logits, repeat_pairs(pairs, n_circuits))
     return einops.rearrange(values, "(c b) ... -> c b ...", c=n_circuits)
