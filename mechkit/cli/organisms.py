@@ -68,7 +68,7 @@ def train_(
     steps: int = typer.Option(None, help="maximum training steps (default: the organism's spec)"),
     seed: int = typer.Option(0, help="training seed"),
     out: Path = typer.Option(None, help="output directory (default: the shipped organisms directory)"),
-    threads: int = typer.Option(2, help="CPU threads"),
+    threads: int = typer.Option(None, help="CPU threads (default: the organism's spec, which reproduces the shipped one)"),
 ) -> None:
     """Train (or, for wired organisms, construct) an organism and save it with its card."""
     from mechkit.models import organisms_dir, save_organism

@@ -53,6 +53,10 @@ class TrainSpec:
     # step the gates and their penalty start at; None: once the task is first solved (before: no gates)
     gate_start: int | None = 0
     gate_steps: int = 0  # steps with the penalty on before the early stop may end training
+    # CPU threads the shipped organisms were trained with: another count changes the float sums, and
+    # with them the trajectory (at 2 threads chekhov had not solved its task by step 3600, so its
+    # gates, which wait for three solved checks in a row, never switched on)
+    threads: int = 1
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -124,11 +128,12 @@ def evaluate(model: HookedTransformer, t: Task, n: int = 1000, seed: int = 12345
     }
 
 
-def train(name: str, steps: int | None = None, seed: int = 0, threads: int = 2, progress: bool = True,
+def train(name: str, steps: int | None = None, seed: int = 0, threads: int | None = None, progress: bool = True,
           eval_n: int = 1000, device: str = "cpu", spec_overrides: dict[str, Any] | None = None,
           ) -> tuple[HookedTransformer, dict[str, Any]]:
     """Train organism ``name`` (on CPU by default); returns the model and its card (held-out
-    metrics included). ``spec_overrides`` replaces TrainSpec fields (``arch`` keys merge)."""
+    metrics included). ``spec_overrides`` replaces TrainSpec fields (``arch`` keys merge); ``threads``
+    defaults to the spec's, the count that reproduces the shipped organism."""
     from tqdm.auto import tqdm
 
     s = spec(name)
@@ -138,6 +143,7 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int = 2, 
         s = TrainSpec(**{**asdict(s), **over, "arch": arch})
     t = task(name, **s.extra.get("task_params", {}))
     max_steps = s.steps if steps is None else steps
+    threads = s.threads if threads is None else threads
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     started = time.time()

@@ -81,3 +81,19 @@ def test_cli_train_wired_eval_and_errors(tmp_path, monkeypatch, capsys):
     code, out, _ = _cli(monkeypatch, capsys, "list")
     assert code == 0 and "sandbagging" in out
 
+
+
+def test_threads_default_to_the_spec_that_reproduces_the_shipped_organism():
+    import json
+
+    from mechkit.models import organisms_dir
+    from mechkit.organisms.train import spec
+
+    torch_threads = torch.get_num_threads()
+    try:
+        _, card = train("chekhov", steps=1, progress=False, eval_n=20, spec_overrides=SMALL)
+    finally:
+        torch.set_num_threads(torch_threads)
+        torch.use_deterministic_algorithms(False)
+    shipped = json.loads((organisms_dir() / "chekhov" / "card.json").read_text())
+    assert card["threads"] == spec("chekhov").threads == shipped["threads"] == 1
