@@ -170,33 +170,39 @@ def _edge_hooks(model: HookedTransformer, graph: Graph, ablated: Tensor, keep: F
     # list is concatenated instead: writing into a buffer that earlier receivers saved for
     # backward would invalidate their saved views.
     deltas: list[Tensor] = []
-    buffer: list[Tensor] = []
-    cat_cache: dict[int, Tensor] = {}
+    buffer: Tensor | None = None
+    filled = 0  # senders seen so far
+    joined: dict[int, Tensor] = {}  # with gradients: the concatenation of the first ``filled``
 
     def on_sender(sender: SenderHook):
         def hook(act: Tensor, hook) -> None:
+            nonlocal buffer, filled
             out = einops.rearrange(_sender_value(model, sender, act), "(c b) p k d -> c k b p d", c=n_circuits)
             abl = einops.rearrange(ablated_t[:, sender.fwd], "b k p d -> k b p d")
             delta = abl.unsqueeze(0) - out
+            filled = sender.fwd.stop
             if torch.is_grad_enabled():
                 deltas.append(delta)
-                cat_cache.clear()
+                joined.clear()
                 return
-            if not buffer:
-                buffer.append(delta.new_empty((n_circuits, graph.n_forward, *delta.shape[2:])))
-            buffer[0][:, sender.fwd] = delta
-            cat_cache[0] = buffer[0][:, : sender.fwd.stop]
+            if buffer is None:
+                buffer = delta.new_empty((n_circuits, graph.n_forward, *delta.shape[2:]))
+            buffer[:, sender.fwd] = delta
 
         return hook
 
+    def seen() -> Tensor:
+        if buffer is not None:
+            return buffer[:, :filled]
+        if filled not in joined:
+            joined[filled] = torch.cat(deltas, dim=1)
+        return joined[filled]
+
     def on_receiver(sl: slice, prefix: int):
         def hook(act: Tensor, hook) -> Tensor:
-            if not buffer and len(deltas) not in cat_cache:
-                cat_cache[len(deltas)] = torch.cat(deltas, dim=1)
-            # senders seen so far; parallel blocks have run this layer's heads before its MLP
-            # reads, so keep the receiver's prefix only
-            seen = cat_cache[0] if buffer else cat_cache[len(deltas)]
-            delta = seen[:, :prefix]
+            # parallel blocks have run this layer's heads before its MLP reads, so keep the
+            # receiver's prefix only
+            delta = seen()[:, :prefix]
             if delta.shape[1] != prefix:  # a block order the graph does not describe
                 raise AblationError(f"receiver {hook.name} saw {delta.shape[1]} senders, expected {prefix}")
             weights = drop[:, :prefix, sl]

@@ -40,8 +40,8 @@ def inert_edges(model: HookedTransformer, graph: Graph) -> Bool[Tensor, " n_edge
 
 @dataclass(frozen=True)
 class Compact:
-    """``model`` without the heads that are silent in every layer's widest case: ``graph`` is its
-    edge graph and ``edge_index[i]`` the full graph's index of its edge ``i``."""
+    """A copy of a model with fewer heads per layer: ``graph`` is its edge graph and
+    ``edge_index[i]`` the full graph's index of its edge ``i``."""
 
     model: HookedTransformer
     graph: Graph

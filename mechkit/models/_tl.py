@@ -4,9 +4,11 @@ TransformerLens 3.9 is the pinned version; when mechkit moves to 4.x (Transforme
 this module is the one place to change.
 """
 
+import copy
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -139,9 +141,6 @@ def keep_heads(model: HookedTransformer, heads: list[list[int]]) -> HookedTransf
     """A copy of ``model`` whose layer ``l`` has only the heads ``heads[l]`` (the same number in
     every layer), in that order; every other weight is shared with ``model``. Not for grouped-query
     attention (its key/value heads are shared between query heads)."""
-    import copy
-    import warnings
-
     cfg = copy.deepcopy(model.cfg)
     cfg.n_heads, cfg.init_weights = len(heads[0]), False
     with warnings.catch_warnings():
