@@ -1,4 +1,5 @@
-"""Everything that depends on TransformerLens internals (loading, hook bookkeeping) lives here.
+"""Everything that depends on TransformerLens internals (loading, hook bookkeeping) lives here
+and in ``_tl_block`` (its blocks run with fewer operations).
 
 TransformerLens 3.9 is the pinned version; when mechkit moves to 4.x (TransformerBridge),
 this module is the one place to change.

@@ -36,7 +36,7 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from mechkit._types import PromptPairs
 from mechkit.errors import HookNameError, ShapeError
-from mechkit.models._tl import fwd_hooks
+from mechkit.models._tl_block import run_block
 from mechkit.patching._metrics import BoundMetric, MetricLike, bind_metric, metric_scope, project
 from mechkit.patching._sweeps import FEATURE_AXES, Sweep, cell_coords, cell_masks
 
@@ -119,13 +119,13 @@ def forward_run(
     if answer_pos is not None and not any(touches_last_mlp(model, h) for h in hooks):
         narrow = last_mlp_at_answer(model, answer_pos.to(resid.device))
     resid_pre, keys, values = [], [], []
-    with fwd_hooks(model, [(h, save) for h in hooks] + narrow):
-        for block in model.blocks:
-            entry = KVEntry.init_cache_entry(model.cfg, resid.device, resid.shape[0])
-            resid_pre.append(resid)
-            resid = block(resid, shortformer_pos_embed=shortformer, past_kv_cache_entry=entry, attention_mask=mask)
-            keys.append(entry.past_keys)
-            values.append(entry.past_values)
+    all_hooks = [(h, save) for h in hooks] + narrow
+    for i in range(model.cfg.n_layers):
+        entry = KVEntry.init_cache_entry(model.cfg, resid.device, resid.shape[0])
+        resid_pre.append(resid)
+        resid = run_block(model, i, resid, entry, all_hooks, shortformer, mask)
+        keys.append(entry.past_keys)
+        values.append(entry.past_values)
     return Run(tokens, resid_pre, keys, values, acts, resid, shortformer, mask, answer_pos if narrow else 0)
 
 
@@ -294,34 +294,31 @@ def resume(
     answer = ctx.pairs.answer_pos[rows].to(base.tokens.device)
     shared = int(answer[0]) if answer_only and bool((answer == answer[0]).all()) else None
 
-    def block(i: int, resid: Tensor, at: int, entry: KVEntry | None = None) -> Tensor:
+    def block(i: int, resid: Tensor, at: int) -> Tensor:
         """Block ``i`` on positions ``at..`` (keys and values before ``at`` from the base run)."""
-        if entry is None:
-            entry = KVEntry(base.keys[i][rows, :at], base.values[i][rows, :at], frozen=True)
+        entry = KVEntry(base.keys[i][rows, :at], base.values[i][rows, :at], frozen=True)
         pos_embed = base.shortformer[rows, at : at + resid.shape[1]] if base.shortformer is not None else None
-        return model.blocks[i](resid, shortformer_pos_embed=pos_embed, past_kv_cache_entry=entry, attention_mask=mask)
+        return run_block(model, i, resid, entry, hooks, pos_embed, mask)
 
     if single and shared is not None and start < shared and layer == last - 1 and mask is None:
-        with fwd_hooks(model, hooks):
-            out = block(layer, base.resid_pre[layer][rows, start : start + 1], start)
+        out = block(layer, base.resid_pre[layer][rows, start : start + 1], start)
         return answer_via_keys(ctx, rows, torch.full_like(rows, start), out, []), shared
 
     offset: int | Tensor = start
     if answer_only:
         narrow = last_mlp_at_answer(model, answer, start)
         hooks, offset = [*hooks, *narrow], (answer if narrow else start)
-    with fwd_hooks(model, hooks):
-        if single:
-            out = block(layer, base.resid_pre[layer][rows, start : start + 1], start)
-            if layer == last:
-                return out, start
-            resid = base.resid_pre[layer + 1][rows, start:].clone()
-            resid[:, :1] = out
-            layer += 1
-        else:
-            resid = base.resid_pre[layer][rows, start:]
-        for i in range(layer, last + 1):
-            resid = block(i, resid, start)
+    if single:
+        out = block(layer, base.resid_pre[layer][rows, start : start + 1], start)
+        if layer == last:
+            return out, start
+        resid = base.resid_pre[layer + 1][rows, start:].clone()
+        resid[:, :1] = out
+        layer += 1
+    else:
+        resid = base.resid_pre[layer][rows, start:]
+    for i in range(layer, last + 1):
+        resid = block(i, resid, start)
     return resid, offset
 
 
@@ -342,13 +339,12 @@ def block_at(
     mask = ((slots < at[:, None]) | (slots == longest)).long()  # own key last, after the padding
     entry = KVEntry(base.keys[layer][rows, :longest], base.values[layer][rows, :longest], frozen=True)
     pos_embed = base.shortformer[rows, at][:, None] if base.shortformer is not None else None
-    with fwd_hooks(ctx.model, hooks):
-        return ctx.model.blocks[layer](resid_at, shortformer_pos_embed=pos_embed, past_kv_cache_entry=entry,
-                                       attention_mask=mask)
+    return run_block(ctx.model, layer, resid_at, entry, hooks, pos_embed, mask)
 
 
 def answer_via_keys(
-    ctx: Context, rows: Int[Tensor, " n"], at: Int[Tensor, " n"], resid_at: Float[Tensor, "n 1 d_model"], hooks: list
+    ctx: Context, rows: Int[Tensor, " n"], at: Int[Tensor, " n"], resid_at: Float[Tensor, "n 1 d_model"] | None,
+    hooks: list,
 ) -> Float[Tensor, "n 1 d_model"]:
     """The last block's output at the (shared) answer position when its input differs from the
     base run at one position per row only: ``at`` (before the answer), holding ``resid_at``.
@@ -356,25 +352,28 @@ def answer_via_keys(
     A position's keys and values depend on its own residual alone (keys are cached before
     rotary), so the block first runs on ``resid_at`` by itself, with ``hooks``, just for them;
     then once at the answer, attending to the base run's keys and values with those spliced in.
-    Needs no attention mask (no padding).
+    ``resid_at=None``: that position holds the source run's residual, so its keys and values are
+    the source run's (no first pass). Needs no attention mask (no padding).
     """
     model, base = ctx.model, ctx.base
     last = model.cfg.n_layers - 1
     answer = int(ctx.pairs.answer_pos[rows[0]])
-    block = model.blocks[last]
 
     def pos_embed(pos: Tensor) -> Tensor | None:
         return base.shortformer[rows, pos][:, None] if base.shortformer is not None else None
 
-    entry = KVEntry.init_cache_entry(model.cfg, resid_at.device, len(rows))
-    with fwd_hooks(model, hooks):
-        block(resid_at, shortformer_pos_embed=pos_embed(at), past_kv_cache_entry=entry)
-    index = torch.arange(len(rows), device=resid_at.device)
+    if resid_at is None:
+        new_keys, new_values = ctx.source.keys[last][rows, at], ctx.source.values[last][rows, at]
+    else:
+        entry = KVEntry.init_cache_entry(model.cfg, rows.device, len(rows))
+        run_block(model, last, resid_at, entry, hooks, pos_embed(at))
+        new_keys, new_values = entry.past_keys[:, 0], entry.past_values[:, 0]
+    index = torch.arange(len(rows), device=rows.device)
     keys, values = base.keys[last][rows, :answer].clone(), base.values[last][rows, :answer].clone()
-    keys[index, at], values[index, at] = entry.past_keys[:, 0], entry.past_values[:, 0]
+    keys[index, at], values[index, at] = new_keys, new_values
     at_answer = base.resid_pre[last][rows, answer : answer + 1]
     spliced = KVEntry(keys, values, frozen=True)
-    return block(at_answer, shortformer_pos_embed=pos_embed(torch.full_like(at, answer)), past_kv_cache_entry=spliced)
+    return run_block(model, last, at_answer, spliced, [], pos_embed(torch.full_like(at, answer)))
 
 
 def score(ctx: Context, resid: Tensor, rows: Tensor, start: int | Tensor) -> Float[Tensor, " n"]:
@@ -522,6 +521,8 @@ def run_sweep(
                 resid_at, hooks = base.resid_pre[layer][r, at][:, None], [(hook, patch)]
                 if padded:  # this block on the one position, then the last block through its keys
                     resid_at, hooks = block_at(ctx, layer, r, at, resid_at, hooks), []
+                if kind == "hook_resid_pre" and layer == last:  # the source's whole residual there
+                    resid_at = None
                 resid, offset = answer_via_keys(ctx, r, at, resid_at, hooks), answer
             else:
                 resid, offset = resume(ctx, layer, r, start, [(hook, patch)], single, answer_only)

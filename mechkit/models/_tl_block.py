@@ -1,0 +1,196 @@
+"""One TransformerLens block, run with fewer operations when nothing needs its other hook points.
+
+A ``TransformerBlock`` call on a few positions costs far more than its arithmetic: a dozen
+hook-point modules, einops rearranges, and ``ln1`` computed three times (once each for the
+query, key and value inputs). The patching engine runs hundreds of such calls per sweep, so
+``run_block`` computes the same block with the same operations in the same order (results
+equal TransformerLens's up to float rounding; on the shipped organisms, bitwise), calling the
+given hooks at the same places, and falls back to the block itself for anything it does not
+cover (rotary or ALiBi positions, grouped-query or split-input attention, gated MLPs, hooks it
+does not emulate, hooks a user left on the model, or gradients).
+
+TransformerLens-specific, like ``mechkit.models._tl``: the move to 4.x changes these two modules.
+"""
+
+import weakref
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as KVEntry
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+from mechkit.models._tl import fwd_hooks
+
+Hook = tuple[str, Callable]
+
+# Hook points the lean path calls, in TransformerLens's order within a block.
+LEAN_HOOKS = ("hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores",
+              "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre",
+              "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
+_NORMS = ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre", "Identity")
+_FLAGS_OFF = ("use_attn_in", "use_split_qkv_input", "use_attn_result", "use_hook_mlp_in", "parallel_attn_mlp",
+              "use_normalization_before_and_after", "use_qk_norm", "use_attention_sinks", "use_logn_attn",
+              "scale_attn_by_inverse_layer_idx", "load_in_4bit", "gated_mlp")
+
+_plain: "weakref.WeakKeyDictionary[HookedTransformer, bool]" = weakref.WeakKeyDictionary()
+_points: "weakref.WeakKeyDictionary[torch.nn.Module, list[HookPoint]]" = weakref.WeakKeyDictionary()
+_weights: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def lean_supported(model: HookedTransformer) -> bool:
+    """Whether every block of ``model`` is a plain pre-norm block the lean path computes."""
+    if model not in _plain:
+        cfg = model.cfg
+        ok = (
+            cfg.positional_embedding_type in ("standard", "shortformer")
+            and cfg.attention_dir == "causal"
+            and cfg.n_key_value_heads is None
+            and not any(getattr(cfg, f, False) for f in _FLAGS_OFF)
+            and (cfg.attn_scores_soft_cap or -1) <= 0
+            and getattr(cfg, "clip_qkv", None) is None
+            and not cfg.is_layer_norm_activation()
+            and cfg.dtype in (torch.float32, torch.float64)
+            and all(_plain_block(b) for b in model.blocks)
+        )
+        _plain[model] = ok
+    return _plain[model]
+
+
+def _plain_block(block: torch.nn.Module) -> bool:
+    mlp_ok = not hasattr(block, "mlp") or type(block.mlp).__name__ == "MLP"
+    norms = [type(getattr(block, n)).__name__ for n in ("ln1", "ln2") if hasattr(block, n)]
+    window = getattr(block.attn, "attn_type", "global") == "global"  # local attention masks a window
+    return (type(block).__name__ == "TransformerBlock" and type(block.attn).__name__ == "Attention" and mlp_ok
+            and all(n in _NORMS for n in norms) and window and block.cfg.original_architecture not in POST_NORM_ARCHITECTURES)
+
+
+def run_block(
+    model: HookedTransformer,
+    layer: int,
+    resid: Tensor,
+    entry: KVEntry | None,
+    hooks: list[Hook] = (),
+    shortformer_pos_embed: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+) -> Tensor:
+    """``model.blocks[layer](resid, ...)`` with ``hooks`` (full hook names; other blocks' hooks
+    are ignored) attached for this call. ``entry``: the block's key-value cache entry, used and
+    updated exactly as the block would."""
+    prefix = f"blocks.{layer}."
+    mine = [(name[len(prefix):], fn) for name, fn in hooks if name.startswith(prefix)]
+    block = model.blocks[layer]
+    if (torch.is_grad_enabled() or not lean_supported(model) or any(n not in LEAN_HOOKS for n, _ in mine)
+            or _has_user_hooks(block)):
+        with fwd_hooks(model, [(prefix + n, fn) for n, fn in mine]):
+            return block(resid, shortformer_pos_embed=shortformer_pos_embed, past_kv_cache_entry=entry,
+                         attention_mask=attention_mask)
+    return _lean(model, block, prefix, resid, entry, dict_of_lists(mine), shortformer_pos_embed, attention_mask)
+
+
+def dict_of_lists(hooks: list[Hook]) -> dict[str, list[Callable]]:
+    out: dict[str, list[Callable]] = {}
+    for name, fn in hooks:
+        out.setdefault(name, []).append(fn)
+    return out
+
+
+def _has_user_hooks(block: torch.nn.Module) -> bool:
+    if block not in _points:
+        _points[block] = [m for m in block.modules() if isinstance(m, HookPoint)]
+    return any(p._forward_hooks or p._forward_pre_hooks for p in _points[block])
+
+
+def _fused(block: torch.nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """(W_QKV [3 * heads * d_head, d_model], b_QKV, W_O [d_model, heads * d_head]), rebuilt
+    whenever a weight changes (a tensor's version counter moves on every in-place write)."""
+    a = block.attn
+    params = (a.W_Q, a.W_K, a.W_V, a.b_Q, a.b_K, a.b_V, a.W_O)
+    key = tuple((p.data_ptr(), p._version) for p in params)
+    cached = _weights.get(a)
+    if cached is None or cached[0] != key:
+        d_model = a.W_Q.shape[1]
+        w_qkv = torch.cat([a.W_Q, a.W_K, a.W_V]).transpose(1, 2).reshape(-1, d_model).contiguous()
+        b_qkv = torch.cat([a.b_Q, a.b_K, a.b_V]).reshape(-1)
+        w_o = a.W_O.reshape(-1, d_model).T.contiguous()
+        cached = (key, w_qkv.detach(), b_qkv.detach(), w_o.detach())
+        _weights[a] = cached
+    return cached[1:]
+
+
+def _norm(module: torch.nn.Module, x: Tensor) -> Tensor:
+    """TransformerLens's normalisation layers, operation for operation."""
+    kind = type(module).__name__
+    if kind == "Identity":
+        return x
+    if kind.startswith("LayerNorm"):
+        x = x - x.mean(-1, keepdim=True)
+    x = x / (x.pow(2).mean(-1, keepdim=True) + module.eps).sqrt()
+    if kind == "LayerNorm":
+        return x * module.w + module.b
+    return x * module.w if kind == "RMSNorm" else x
+
+
+def _lean(
+    model: HookedTransformer,
+    block: torch.nn.Module,
+    prefix: str,
+    resid: Tensor,
+    entry: KVEntry | None,
+    hooks: dict[str, list[Callable]],
+    pos_embed: Tensor | None,
+    attention_mask: Tensor | None,
+) -> Tensor:
+    """The block's forward pass, as TransformerLens computes it, with ``hooks`` called in place."""
+
+    def at(name: str, act: Tensor) -> Tensor:
+        for fn in hooks.get(name, ()):
+            out = fn(act, hook=model.hook_dict[prefix + name])
+            act = act if out is None else out
+        return act
+
+    cfg, attn = model.cfg, block.attn
+    w_qkv, b_qkv, w_o = _fused(block)
+    resid = at("hook_resid_pre", resid)
+    batch, n, _ = resid.shape
+    heads, d_head = cfg.n_heads, cfg.d_head
+    x = _norm(block.ln1, resid)
+    if pos_embed is None:
+        q, k, v = F.linear(x, w_qkv, b_qkv).view(batch, n, 3, heads, d_head).unbind(2)
+    else:  # shortformer: positions enter queries and keys only
+        hd = heads * d_head
+        qk = F.linear(x + pos_embed, w_qkv[: 2 * hd], b_qkv[: 2 * hd]).view(batch, n, 2, heads, d_head)
+        q, k = qk.unbind(2)
+        v = F.linear(x, w_qkv[2 * hd :], b_qkv[2 * hd :]).view(batch, n, heads, d_head)
+    q, k, v = at("attn.hook_q", q), at("attn.hook_k", k), at("attn.hook_v", v)
+    offset = 0
+    if entry is not None:
+        offset = entry.past_keys.size(1)
+        k, v = entry.append(k, v)
+    scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / attn.attn_scale  # [batch, head, query, key]
+    n_keys = scores.shape[-1]
+    if n > 1 or attention_mask is not None:
+        causal = torch.arange(offset, offset + n, device=scores.device)[:, None] >= torch.arange(
+            n_keys, device=scores.device)
+        if attention_mask is not None:
+            causal = causal & attention_mask[:, None, None, :].bool()
+        scores = torch.where(causal, scores, attn.IGNORE)
+    scores = at("attn.hook_attn_scores", scores)
+    pattern = F.softmax(scores, dim=-1)
+    if attention_mask is not None:  # fully masked rows (padding) give NaN: TransformerLens zeroes them
+        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
+    pattern = at("attn.hook_pattern", pattern)
+    z = at("attn.hook_z", (pattern @ v.transpose(1, 2)).transpose(1, 2))  # [batch, query, head, d_head]
+    attn_out = at("hook_attn_out", F.linear(z.reshape(z.shape[0], z.shape[1], heads * d_head), w_o, attn.b_O))
+    if cfg.attn_only:
+        return at("hook_resid_post", resid + attn_out)
+    resid_mid = at("hook_resid_mid", resid + attn_out)
+    mlp = block.mlp
+    x = _norm(block.ln2, resid_mid)
+    pre = at("mlp.hook_pre", torch.addmm(mlp.b_in, x.reshape(-1, x.shape[-1]), mlp.W_in).view(*x.shape[:-1], -1))
+    post = at("mlp.hook_post", mlp.act_fn(pre))
+    mlp_out = torch.addmm(mlp.b_out, post.reshape(-1, post.shape[-1]), mlp.W_out).view(*post.shape[:-1], -1)
+    return at("hook_resid_post", resid_mid + at("hook_mlp_out", mlp_out))

@@ -1,0 +1,103 @@
+"""run_block: the lean block equals TransformerLens's block, hooks included, and falls back where it must."""
+
+import pytest
+import torch
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as KVEntry
+
+from mechkit.models import _tl_block
+from mechkit.models._tl_block import LEAN_HOOKS, lean_supported, run_block
+from tests.conftest import tiny_hooked
+
+CONFIGS = {
+    "ln-gelu": {},
+    "ln-pre": {"normalization_type": "LNPre"},
+    "rms-relu": {"normalization_type": "RMS", "act_fn": "relu"},
+    "rms-pre": {"normalization_type": "RMSPre", "act_fn": "silu"},
+    "no-norm": {"normalization_type": None},
+    "attn-only": {"attn_only": True},
+    "shortformer": {"positional_embedding_type": "shortformer"},
+}
+
+
+def randomized(**kwargs):
+    """A tiny model with every weight random (biases and norm scales included)."""
+    model = tiny_hooked(**kwargs).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5 + (1.0 if p.dim() == 1 and p.shape[0] == 16 else 0.0))
+    return model
+
+
+def call(model, layer, lean: bool, with_mask: bool, frozen: bool):
+    """(output, {hook: act seen}, keys, values) of one block call with a hook at every lean hook point."""
+    g = torch.Generator().manual_seed(2)
+    cfg = model.cfg
+    resid = torch.randn(3, 5, cfg.d_model, generator=g)
+    past = (torch.randn(3, 4, cfg.n_heads, cfg.d_head, generator=g), torch.randn(3, 4, cfg.n_heads, cfg.d_head, generator=g))
+    entry = KVEntry(past[0].clone(), past[1].clone(), frozen=frozen)
+    mask = None
+    if with_mask:  # the first row's first two cached positions are padding
+        mask = torch.ones(3, 9, dtype=torch.long)
+        mask[0, :2] = 0
+    pos_embed = torch.randn(3, 5, cfg.d_model, generator=g) if cfg.positional_embedding_type == "shortformer" else None
+    seen = {}
+
+    def hook(act, hook):
+        seen[hook.name] = act.clone()
+        return act * 1.01
+
+    hooks = [(f"blocks.{layer}.{h}", hook) for h in LEAN_HOOKS if f"blocks.{layer}.{h}" in model.hook_dict]
+    _tl_block._plain[model] = lean  # force one path
+    with torch.no_grad():
+        out = run_block(model, layer, resid, entry, hooks, pos_embed, mask)
+    _tl_block._plain.pop(model)
+    return out, seen, entry.past_keys, entry.past_values
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("with_mask", [False, True], ids=["no-mask", "mask"])
+def test_lean_equals_transformer_lens(name, with_mask):
+    model = randomized(**CONFIGS[name])
+    assert lean_supported(model)
+    for layer in range(model.cfg.n_layers):
+        for frozen in (True, False):
+            tl_out, tl_seen, tl_k, tl_v = call(model, layer, False, with_mask, frozen)
+            out, seen, k, v = call(model, layer, True, with_mask, frozen)
+            assert seen.keys() == tl_seen.keys() and len(seen) >= 8
+            for h in seen:
+                assert seen[h].shape == tl_seen[h].shape, h
+                torch.testing.assert_close(seen[h], tl_seen[h], atol=1e-6, rtol=1e-5, msg=h)
+            torch.testing.assert_close(out, tl_out, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(k, tl_k, atol=1e-6, rtol=1e-5)  # a non-frozen entry grows
+            assert k.shape[1] == (4 if frozen else 9)
+
+
+def test_weight_edits_are_seen():
+    """The fused weights are rebuilt after an in-place edit of the model."""
+    model = randomized()
+    before, *_ = call(model, 0, True, False, True)
+    with torch.no_grad():
+        model.blocks[0].attn.W_V[1] *= -2
+    after, *_ = call(model, 0, True, False, True)
+    expected, *_ = call(model, 0, False, False, True)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_falls_back_where_it_must():
+    assert not lean_supported(tiny_hooked(positional_embedding_type="rotary", rotary_dim=8))
+    assert not lean_supported(tiny_hooked(act_fn="solu_ln"))
+    model = randomized()
+    assert lean_supported(model)
+    resid = torch.randn(2, 3, 16)
+    fired = []
+    # a hook point the lean path does not emulate, and a hook a user left on the model
+    with torch.no_grad():
+        run_block(model, 0, resid, None, [("blocks.0.ln1.hook_scale", lambda a, hook: fired.append("scale"))])
+        model.add_hook("blocks.0.hook_attn_out", lambda a, hook: fired.append("user"))
+        run_block(model, 0, resid, None)
+    model.reset_hooks()
+    assert "scale" in fired and fired[-1] == "user"  # (TransformerLens normalises q, k, v inputs apart)
+    out = run_block(model, 0, resid.requires_grad_(), None)  # gradients: TransformerLens's block
+    assert out.requires_grad
