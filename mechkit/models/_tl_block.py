@@ -36,6 +36,8 @@ _FLAGS_OFF = ("use_attn_in", "use_split_qkv_input", "use_attn_result", "use_hook
               "use_normalization_before_and_after", "use_qk_norm", "use_attention_sinks", "use_logn_attn",
               "scale_attn_by_inverse_layer_idx", "load_in_4bit", "gated_mlp")
 
+_KV_HOOKS = ("attn.hook_k", "attn.hook_v")
+
 _plain: "weakref.WeakKeyDictionary[HookedTransformer, bool]" = weakref.WeakKeyDictionary()
 _points: "weakref.WeakKeyDictionary[torch.nn.Module, list[HookPoint]]" = weakref.WeakKeyDictionary()
 _weights: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -76,19 +78,29 @@ def run_block(
     hooks: list[Hook] = (),
     shortformer_pos_embed: Tensor | None = None,
     attention_mask: Tensor | None = None,
+    own_kv_cached: bool = False,
 ) -> Tensor:
     """``model.blocks[layer](resid, ...)`` with ``hooks`` (full hook names; other blocks' hooks
     are ignored) attached for this call. ``entry``: the block's key-value cache entry, used and
-    updated exactly as the block would."""
+    updated exactly as the block would.
+
+    ``own_kv_cached``: ``resid`` is one position whose own keys and values are already the
+    entry's last (unchanged from the run the entry comes from), so only its query is computed
+    and nothing is appended. The entry's tensors may then be permuted views of attention-layout
+    storage (keys [batch, head, d_head, pos], values [batch, head, pos, d_head]), read without a copy.
+    """
     prefix = f"blocks.{layer}."
     mine = [(name[len(prefix):], fn) for name, fn in hooks if name.startswith(prefix)]
     block = model.blocks[layer]
     if (torch.is_grad_enabled() or not lean_supported(model) or any(n not in LEAN_HOOKS for n, _ in mine)
-            or _has_user_hooks(block)):
+            or _has_user_hooks(block) or (own_kv_cached and any(n in _KV_HOOKS for n, _ in mine))):
+        if own_kv_cached:  # the block recomputes this position's keys and values itself
+            entry = KVEntry(entry.past_keys[:, :-1], entry.past_values[:, :-1], frozen=True)
         with fwd_hooks(model, [(prefix + n, fn) for n, fn in mine]):
             return block(resid, shortformer_pos_embed=shortformer_pos_embed, past_kv_cache_entry=entry,
                          attention_mask=attention_mask)
-    return _lean(model, block, prefix, resid, entry, dict_of_lists(mine), shortformer_pos_embed, attention_mask)
+    return _lean(model, block, prefix, resid, entry, dict_of_lists(mine), shortformer_pos_embed, attention_mask,
+                 own_kv_cached)
 
 
 def dict_of_lists(hooks: list[Hook]) -> dict[str, list[Callable]]:
@@ -121,6 +133,16 @@ def _fused(block: torch.nn.Module) -> tuple[Tensor, Tensor, Tensor]:
     return cached[1:]
 
 
+def final_norm(model: HookedTransformer, x: Tensor) -> Tensor:
+    """``model.ln_final(x)`` (identity without normalisation), by the lean path where it can."""
+    if model.cfg.normalization_type is None:
+        return x
+    ln = model.ln_final
+    if torch.is_grad_enabled() or type(ln).__name__ not in _NORMS or _has_user_hooks(ln):
+        return ln(x)
+    return _norm(ln, x)
+
+
 def _norm(module: torch.nn.Module, x: Tensor) -> Tensor:
     """TransformerLens's normalisation layers, operation for operation."""
     kind = type(module).__name__
@@ -143,6 +165,7 @@ def _lean(
     hooks: dict[str, list[Callable]],
     pos_embed: Tensor | None,
     attention_mask: Tensor | None,
+    own_kv_cached: bool = False,
 ) -> Tensor:
     """The block's forward pass, as TransformerLens computes it, with ``hooks`` called in place."""
 
@@ -158,18 +181,24 @@ def _lean(
     batch, n, _ = resid.shape
     heads, d_head = cfg.n_heads, cfg.d_head
     x = _norm(block.ln1, resid)
-    if pos_embed is None:
-        q, k, v = F.linear(x, w_qkv, b_qkv).view(batch, n, 3, heads, d_head).unbind(2)
-    else:  # shortformer: positions enter queries and keys only
-        hd = heads * d_head
-        qk = F.linear(x + pos_embed, w_qkv[: 2 * hd], b_qkv[: 2 * hd]).view(batch, n, 2, heads, d_head)
-        q, k = qk.unbind(2)
-        v = F.linear(x, w_qkv[2 * hd :], b_qkv[2 * hd :]).view(batch, n, heads, d_head)
-    q, k, v = at("attn.hook_q", q), at("attn.hook_k", k), at("attn.hook_v", v)
-    offset = 0
-    if entry is not None:
-        offset = entry.past_keys.size(1)
-        k, v = entry.append(k, v)
+    hd = heads * d_head
+    if own_kv_cached:
+        qk_in = x if pos_embed is None else x + pos_embed
+        q = at("attn.hook_q", F.linear(qk_in, w_qkv[:hd], b_qkv[:hd]).view(batch, n, heads, d_head))
+        k, v = entry.past_keys, entry.past_values
+        offset = k.shape[1] - n
+    else:
+        if pos_embed is None:
+            q, k, v = F.linear(x, w_qkv, b_qkv).view(batch, n, 3, heads, d_head).unbind(2)
+        else:  # shortformer: positions enter queries and keys only
+            qk = F.linear(x + pos_embed, w_qkv[: 2 * hd], b_qkv[: 2 * hd]).view(batch, n, 2, heads, d_head)
+            q, k = qk.unbind(2)
+            v = F.linear(x, w_qkv[2 * hd :], b_qkv[2 * hd :]).view(batch, n, heads, d_head)
+        q, k, v = at("attn.hook_q", q), at("attn.hook_k", k), at("attn.hook_v", v)
+        offset = 0
+        if entry is not None:
+            offset = entry.past_keys.size(1)
+            k, v = entry.append(k, v)
     scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / attn.attn_scale  # [batch, head, query, key]
     n_keys = scores.shape[-1]
     if n > 1 or attention_mask is not None:
@@ -184,7 +213,7 @@ def _lean(
         pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
     pattern = at("attn.hook_pattern", pattern)
     z = at("attn.hook_z", (pattern @ v.transpose(1, 2)).transpose(1, 2))  # [batch, query, head, d_head]
-    attn_out = at("hook_attn_out", F.linear(z.reshape(z.shape[0], z.shape[1], heads * d_head), w_o, attn.b_O))
+    attn_out = at("hook_attn_out", F.linear(z.reshape(z.shape[0], z.shape[1], hd), w_o, attn.b_O))
     if cfg.attn_only:
         return at("hook_resid_post", resid + attn_out)
     resid_mid = at("hook_resid_mid", resid + attn_out)

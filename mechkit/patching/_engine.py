@@ -25,7 +25,7 @@ Every step is exact: results equal one full forward per cell up to float roundin
 """
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float, Int
@@ -37,7 +37,7 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 from mechkit._types import PromptPairs
 from mechkit.errors import HookNameError, ShapeError
 from mechkit.models._tl_block import run_block
-from mechkit.patching._metrics import BoundMetric, MetricLike, bind_metric, metric_scope, project
+from mechkit.patching._metrics import BoundMetric, MetricLike, answer_columns, bind_metric, metric_scope, project
 from mechkit.patching._sweeps import FEATURE_AXES, Sweep, cell_coords, cell_masks
 
 DIRECTIONS = ("denoising", "noising")
@@ -180,6 +180,8 @@ class Context:
     base_logits: Tensor | None  # full logits of the base run, for full-scope metrics
     clean_value: float
     corrupted_value: float
+    columns: tuple[Tensor, Tensor] | None = None  # answer_columns of every row, for columns-scope metrics
+    answer_kv: dict = field(default_factory=dict)  # answer position -> the last block's keys/values up to it
 
 
 def prepare(
@@ -216,6 +218,7 @@ def prepare(
     return Context(
         model, pairs, base, source, bound, base_values, base_logits,
         clean_values.mean().item(), corrupted_values.mean().item(),
+        answer_columns(model, pairs) if scope == "columns" else None,
     )
 
 
@@ -368,19 +371,26 @@ def answer_via_keys(
         entry = KVEntry.init_cache_entry(model.cfg, rows.device, len(rows))
         run_block(model, last, resid_at, entry, hooks, pos_embed(at))
         new_keys, new_values = entry.past_keys[:, 0], entry.past_values[:, 0]
+    # the base run's keys and values up to the answer (its own included), gathered per row in the
+    # layout attention reads them in, so the splice is the only other copy
+    if answer not in ctx.answer_kv:
+        ctx.answer_kv[answer] = (base.keys[last][:, : answer + 1].permute(0, 2, 3, 1).contiguous(),
+                                 base.values[last][:, : answer + 1].transpose(1, 2).contiguous())
+    keys_t, values_t = ctx.answer_kv[answer]
+    keys, values = keys_t[rows].permute(0, 3, 1, 2), values_t[rows].transpose(1, 2)  # [n, pos, head, d_head] views
     index = torch.arange(len(rows), device=rows.device)
-    keys, values = base.keys[last][rows, :answer].clone(), base.values[last][rows, :answer].clone()
     keys[index, at], values[index, at] = new_keys, new_values
     at_answer = base.resid_pre[last][rows, answer : answer + 1]
     spliced = KVEntry(keys, values, frozen=True)
-    return run_block(model, last, at_answer, spliced, [], pos_embed(torch.full_like(at, answer)))
+    return run_block(model, last, at_answer, spliced, [], pos_embed(torch.full_like(at, answer)), own_kv_cached=True)
 
 
 def score(ctx: Context, resid: Tensor, rows: Tensor, start: int | Tensor) -> Float[Tensor, " n"]:
     """Metric values of patched runs whose final residual covers positions ``start..``
     (``start`` per row when the residual holds only each row's answer position)."""
     pairs = ctx.pairs[rows]
-    logits, scored_pairs = project(ctx.model, resid, pairs, start, ctx.metric.scope)
+    columns = (ctx.columns[0][rows], ctx.columns[1][rows]) if ctx.columns is not None else None
+    logits, scored_pairs = project(ctx.model, resid, pairs, start, ctx.metric.scope, columns)
     if ctx.metric.scope == "full":
         end = start + logits.shape[1]  # positions outside start..end are unchanged
         logits = torch.cat([ctx.base_logits[rows, :start], logits, ctx.base_logits[rows, end:]], dim=1)

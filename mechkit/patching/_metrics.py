@@ -133,16 +133,26 @@ def _columns_only(pairs: PromptPairs) -> PromptPairs:
     return PromptPairs(pairs.clean[:, :1], pairs.corrupted[:, :1], zeros, zeros + 1, zeros, task=pairs.task)
 
 
+def answer_columns(model, pairs: PromptPairs) -> tuple[Float[Tensor, "n 2 d_model"], Float[Tensor, "n 2"]]:
+    """The unembedding columns (and biases) of each row's (answer, wrong) tokens."""
+    cols = torch.stack([pairs.answer, pairs.wrong], dim=1).to(model.unembed.W_U.device)  # [n, 2]
+    w_u = model.unembed.W_U  # [d_model, d_vocab]: gather the 2n columns, not a transposed copy
+    w = torch.index_select(w_u, 1, cols.flatten()).view(w_u.shape[0], *cols.shape).permute(1, 2, 0)
+    return w, model.unembed.b_U[cols]
+
+
 def project(
     model,
     resid: Float[Tensor, "n pos d_model"],
     pairs: PromptPairs,
     offset: int,
     scope: str,
+    columns: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, PromptPairs]:
     """Final residual (positions ``offset..``) -> the logits ``scope`` needs, and matching pairs.
 
     - ``columns``: [n, 1, 2], the (answer, wrong) logits at each row's answer position
+      (``columns``: these rows' :func:`answer_columns`, when the caller has them)
     - ``position``: [n, 1, d_vocab] at the answer position
     - ``full``: [n, pos - offset, d_vocab] (the caller prepends unchanged prefix logits)
 
@@ -150,17 +160,16 @@ def project(
     """
     from transformer_lens.utilities.activation_functions import apply_softcap
 
+    from mechkit.models._tl_block import final_norm
+
     cfg = model.cfg
     if scope == "full":
-        x = model.ln_final(resid) if cfg.normalization_type is not None else resid
+        x = final_norm(model, resid)
         return apply_softcap(model.unembed(x), cfg.output_logits_soft_cap), pairs
     rows = torch.arange(resid.shape[0], device=resid.device)
-    x = resid[rows, pairs.answer_pos.to(resid.device) - offset][:, None]  # [n, 1, d_model]
-    if cfg.normalization_type is not None:
-        x = model.ln_final(x)
+    x = final_norm(model, resid[rows, pairs.answer_pos.to(resid.device) - offset][:, None])  # [n, 1, d_model]
     if scope == "position":
         return apply_softcap(model.unembed(x), cfg.output_logits_soft_cap), _answer_only(pairs)
-    cols = torch.stack([pairs.answer, pairs.wrong], dim=1).to(resid.device)  # [n, 2]
-    w = model.unembed.W_U[:, cols]  # [d_model, n, 2]
-    logits = torch.einsum("npd,dnc->npc", x, w) + model.unembed.b_U[cols][:, None]
+    w, b = columns if columns is not None else answer_columns(model, pairs)
+    logits = x @ w.transpose(1, 2) + b[:, None]  # [n, 1, 2]
     return apply_softcap(logits, cfg.output_logits_soft_cap), _columns_only(pairs)

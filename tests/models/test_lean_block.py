@@ -101,3 +101,26 @@ def test_falls_back_where_it_must():
     assert "scale" in fired and fired[-1] == "user"  # (TransformerLens normalises q, k, v inputs apart)
     out = run_block(model, 0, resid.requires_grad_(), None)  # gradients: TransformerLens's block
     assert out.requires_grad
+
+
+@pytest.mark.parametrize("name", ["ln-gelu", "shortformer", "attn-only"])
+def test_own_keys_and_values_already_cached(name):
+    """One query position whose keys and values are the cache's last: the same as computing them,
+    with the cache in attention layout (read without a copy) or not."""
+    model = randomized(**CONFIGS[name])
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(3)
+    tokens_resid = torch.randn(3, 6, cfg.d_model, generator=g)
+    pos_embed = torch.randn(3, 6, cfg.d_model, generator=g) if cfg.positional_embedding_type == "shortformer" else None
+    with torch.no_grad():
+        entry = KVEntry.init_cache_entry(cfg, "cpu", 3)
+        full = run_block(model, 1, tokens_resid, entry, [], pos_embed)  # caches keys/values of all 6 positions
+        keys_t = entry.past_keys.permute(0, 2, 3, 1).contiguous()  # [batch, head, d_head, pos]
+        values_t = entry.past_values.transpose(1, 2).contiguous()
+        last_pe = pos_embed[:, -1:] if pos_embed is not None else None
+        for lean in (True, False):
+            _tl_block._plain[model] = lean
+            cached = KVEntry(keys_t.permute(0, 3, 1, 2), values_t.transpose(1, 2), frozen=True)
+            out = run_block(model, 1, tokens_resid[:, -1:], cached, [], last_pe, own_kv_cached=True)
+            torch.testing.assert_close(out, full[:, -1:], atol=1e-6, rtol=1e-5)
+        _tl_block._plain.pop(model)
