@@ -293,18 +293,19 @@ def resume(
     """
     model, base = ctx.model, ctx.base
     last = model.cfg.n_layers - 1
-    mask = base.attention_mask[rows] if base.attention_mask is not None else None
+    mask = base.attention_mask.index_select(0, rows) if base.attention_mask is not None else None
     answer = ctx.pairs.answer_pos[rows].to(base.tokens.device)
     shared = int(answer[0]) if answer_only and bool((answer == answer[0]).all()) else None
 
     def block(i: int, resid: Tensor, at: int) -> Tensor:
         """Block ``i`` on positions ``at..`` (keys and values before ``at`` from the base run)."""
-        entry = KVEntry(base.keys[i][rows, :at], base.values[i][rows, :at], frozen=True)
-        pos_embed = base.shortformer[rows, at : at + resid.shape[1]] if base.shortformer is not None else None
+        entry = KVEntry(base.keys[i][:, :at].index_select(0, rows), base.values[i][:, :at].index_select(0, rows), frozen=True)
+        pos_embed = (base.shortformer[:, at : at + resid.shape[1]].index_select(0, rows)
+                     if base.shortformer is not None else None)
         return run_block(model, i, resid, entry, hooks, pos_embed, mask)
 
     if single and shared is not None and start < shared and layer == last - 1 and mask is None:
-        out = block(layer, base.resid_pre[layer][rows, start : start + 1], start)
+        out = block(layer, base.resid_pre[layer][:, start : start + 1].index_select(0, rows), start)
         return answer_via_keys(ctx, rows, torch.full_like(rows, start), out, []), shared
 
     offset: int | Tensor = start
@@ -312,14 +313,14 @@ def resume(
         narrow = last_mlp_at_answer(model, answer, start)
         hooks, offset = [*hooks, *narrow], (answer if narrow else start)
     if single:
-        out = block(layer, base.resid_pre[layer][rows, start : start + 1], start)
+        out = block(layer, base.resid_pre[layer][:, start : start + 1].index_select(0, rows), start)
         if layer == last:
             return out, start
-        resid = base.resid_pre[layer + 1][rows, start:].clone()
+        resid = base.resid_pre[layer + 1][:, start:].index_select(0, rows)
         resid[:, :1] = out
         layer += 1
     else:
-        resid = base.resid_pre[layer][rows, start:]
+        resid = base.resid_pre[layer][:, start:].index_select(0, rows)
     for i in range(layer, last + 1):
         resid = block(i, resid, start)
     return resid, offset
@@ -340,7 +341,8 @@ def block_at(
     longest = int(at.max())
     slots = torch.arange(longest + 1, device=at.device)[None]
     mask = ((slots < at[:, None]) | (slots == longest)).long()  # own key last, after the padding
-    entry = KVEntry(base.keys[layer][rows, :longest], base.values[layer][rows, :longest], frozen=True)
+    entry = KVEntry(base.keys[layer][:, :longest].index_select(0, rows),
+                    base.values[layer][:, :longest].index_select(0, rows), frozen=True)
     pos_embed = base.shortformer[rows, at][:, None] if base.shortformer is not None else None
     return run_block(ctx.model, layer, resid_at, entry, hooks, pos_embed, mask)
 
@@ -377,10 +379,11 @@ def answer_via_keys(
         ctx.answer_kv[answer] = (base.keys[last][:, : answer + 1].permute(0, 2, 3, 1).contiguous(),
                                  base.values[last][:, : answer + 1].transpose(1, 2).contiguous())
     keys_t, values_t = ctx.answer_kv[answer]
-    keys, values = keys_t[rows].permute(0, 3, 1, 2), values_t[rows].transpose(1, 2)  # [n, pos, head, d_head] views
+    keys = keys_t.index_select(0, rows).permute(0, 3, 1, 2)  # [n, pos, head, d_head] views
+    values = values_t.index_select(0, rows).transpose(1, 2)
     index = torch.arange(len(rows), device=rows.device)
     keys[index, at], values[index, at] = new_keys, new_values
-    at_answer = base.resid_pre[last][rows, answer : answer + 1]
+    at_answer = base.resid_pre[last][:, answer : answer + 1].index_select(0, rows)
     spliced = KVEntry(keys, values, frozen=True)
     return run_block(model, last, at_answer, spliced, [], pos_embed(torch.full_like(at, answer)), own_kv_cached=True)
 
@@ -389,7 +392,7 @@ def score(ctx: Context, resid: Tensor, rows: Tensor, start: int | Tensor) -> Flo
     """Metric values of patched runs whose final residual covers positions ``start..``
     (``start`` per row when the residual holds only each row's answer position)."""
     pairs = ctx.pairs[rows]
-    columns = (ctx.columns[0][rows], ctx.columns[1][rows]) if ctx.columns is not None else None
+    columns = tuple(c.index_select(0, rows) for c in ctx.columns) if ctx.columns is not None else None
     logits, scored_pairs = project(ctx.model, resid, pairs, start, ctx.metric.scope, columns)
     if ctx.metric.scope == "full":
         end = start + logits.shape[1]  # positions outside start..end are unchanged
@@ -510,18 +513,19 @@ def run_sweep(
                 n = chunk_size(starts_list, i, full_len, max(1, memory_bytes // per_item), waste)
             c, r = cells[i : i + n], rows[i : i + n]
             mask = cell_masks(coords[c.cpu()].to(s_act.device), shape)
-            src = s_act[r]
+            pos_axis = 1 + sweep.pos_axis  # feature axes come last: the same index in mask and activation
             if per_row:  # cut to each item's own position
                 at = starts[i : i + n]
-                index = at.view(-1, *([1] * (mask.dim() - 1)))
-                mask = mask.take_along_dim(index, dim=1 + sweep.pos_axis)
-                src = src.take_along_dim(index.view(*index.shape, *([1] * n_feat)), dim=1 + sweep.pos_axis)
+                mask = mask.take_along_dim(at.view(-1, *([1] * (mask.dim() - 1))), dim=pos_axis)
+                src = s_act.movedim(pos_axis, 1)[r, at].unsqueeze(pos_axis)
             else:  # cut to the positions this forward computes
+                src = s_act
                 for a, axis in enumerate(sweep.mask_axes):
                     if a == sweep.pos_axis:
                         mask, src = mask.narrow(1 + a, start, n_pos), src.narrow(1 + a, start, n_pos)
                     elif axis == "src_pos":
                         mask, src = mask.narrow(1 + a, 0, start + n_pos), src.narrow(1 + a, 0, start + n_pos)
+                src = src.index_select(0, r)
             mask = mask.reshape(*mask.shape, *([1] * n_feat))
 
             def patch(act: Tensor, hook, mask=mask, src=src) -> Tensor:
