@@ -37,6 +37,7 @@ _FLAGS_OFF = ("use_attn_in", "use_split_qkv_input", "use_attn_result", "use_hook
               "scale_attn_by_inverse_layer_idx", "load_in_4bit", "gated_mlp")
 
 _KV_HOOKS = ("attn.hook_k", "attn.hook_v")
+_BEFORE_QUERIES = ("hook_resid_pre", *_KV_HOOKS)  # hook points whose every position a query_at call computes
 
 _plain: "weakref.WeakKeyDictionary[HookedTransformer, bool]" = weakref.WeakKeyDictionary()
 _points: "weakref.WeakKeyDictionary[torch.nn.Module, list[HookPoint]]" = weakref.WeakKeyDictionary()
@@ -79,6 +80,7 @@ def run_block(
     shortformer_pos_embed: Tensor | None = None,
     attention_mask: Tensor | None = None,
     own_kv_cached: bool = False,
+    query_at: Tensor | None = None,
 ) -> Tensor:
     """``model.blocks[layer](resid, ...)`` with ``hooks`` (full hook names; other blocks' hooks
     are ignored) attached for this call. ``entry``: the block's key-value cache entry, used and
@@ -88,6 +90,11 @@ def run_block(
     entry's last (unchanged from the run the entry comes from), so only its query is computed
     and nothing is appended. The entry's tensors may then be permuted views of attention-layout
     storage (keys [batch, head, d_head, pos], values [batch, head, pos, d_head]), read without a copy.
+
+    ``query_at`` [batch]: only the output at that position of ``resid`` (one per row) is wanted,
+    [batch, 1, d_model]. Every position's keys and values are still computed (and cached); hooks
+    see what the block computes at every position up to ``hook_resid_mid``. Not for blocks
+    without a separate MLP step (attention-only, parallel attention and MLP).
     """
     prefix = f"blocks.{layer}."
     mine = [(name[len(prefix):], fn) for name, fn in hooks if name.startswith(prefix)]
@@ -96,11 +103,14 @@ def run_block(
             or _has_user_hooks(block) or (own_kv_cached and any(n in _KV_HOOKS for n, _ in mine))):
         if own_kv_cached:  # the block recomputes this position's keys and values itself
             entry = KVEntry(entry.past_keys[:, :-1], entry.past_values[:, :-1], frozen=True)
+        if query_at is not None:  # cut the residual to the wanted positions before the MLP
+            rows = torch.arange(len(query_at), device=query_at.device)
+            mine = [*mine, ("hook_resid_mid", lambda act, hook: act[rows, query_at][:, None])]
         with fwd_hooks(model, [(prefix + n, fn) for n, fn in mine]):
             return block(resid, shortformer_pos_embed=shortformer_pos_embed, past_kv_cache_entry=entry,
                          attention_mask=attention_mask)
     return _lean(model, block, prefix, resid, entry, dict_of_lists(mine), shortformer_pos_embed, attention_mask,
-                 own_kv_cached)
+                 own_kv_cached, query_at)
 
 
 def dict_of_lists(hooks: list[Hook]) -> dict[str, list[Callable]]:
@@ -166,6 +176,7 @@ def _lean(
     pos_embed: Tensor | None,
     attention_mask: Tensor | None,
     own_kv_cached: bool = False,
+    query_at: Tensor | None = None,
 ) -> Tensor:
     """The block's forward pass, as TransformerLens computes it, with ``hooks`` called in place."""
 
@@ -182,11 +193,30 @@ def _lean(
     heads, d_head = cfg.n_heads, cfg.d_head
     x = _norm(block.ln1, resid)
     hd = heads * d_head
+    query_pos = None  # [batch, 1]: each query's position among the keys, where queries are cut
     if own_kv_cached:
         qk_in = x if pos_embed is None else x + pos_embed
         q = at("attn.hook_q", F.linear(qk_in, w_qkv[:hd], b_qkv[:hd]).view(batch, n, heads, d_head))
         k, v = entry.past_keys, entry.past_values
         offset = k.shape[1] - n
+    elif query_at is not None and all(name in _BEFORE_QUERIES for name in hooks):
+        # keys and values everywhere, the query at one position per row
+        rows = torch.arange(batch, device=resid.device)
+        x_q = x[rows, query_at][:, None]
+        if pos_embed is None:
+            k, v = F.linear(x, w_qkv[hd:], b_qkv[hd:]).view(batch, n, 2, heads, d_head).unbind(2)
+            q = F.linear(x_q, w_qkv[:hd], b_qkv[:hd]).view(batch, 1, heads, d_head)
+        else:
+            k = F.linear(x + pos_embed, w_qkv[hd : 2 * hd], b_qkv[hd : 2 * hd]).view(batch, n, heads, d_head)
+            v = F.linear(x, w_qkv[2 * hd :], b_qkv[2 * hd :]).view(batch, n, heads, d_head)
+            q = F.linear(x_q + pos_embed[rows, query_at][:, None], w_qkv[:hd], b_qkv[:hd]).view(batch, 1, heads, d_head)
+        k, v = at("attn.hook_k", k), at("attn.hook_v", v)
+        offset = 0
+        if entry is not None:
+            offset = entry.past_keys.size(1)
+            k, v = entry.append(k, v)
+        query_pos = (offset + query_at)[:, None]
+        resid, n = resid[rows, query_at][:, None], 1
     else:
         if pos_embed is None:
             q, k, v = F.linear(x, w_qkv, b_qkv).view(batch, n, 3, heads, d_head).unbind(2)
@@ -201,9 +231,13 @@ def _lean(
             k, v = entry.append(k, v)
     scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / attn.attn_scale  # [batch, head, query, key]
     n_keys = scores.shape[-1]
-    if n > 1 or attention_mask is not None:
-        causal = torch.arange(offset, offset + n, device=scores.device)[:, None] >= torch.arange(
-            n_keys, device=scores.device)
+    cut_queries = query_pos is not None
+    if n > 1 or attention_mask is not None or cut_queries:
+        if not cut_queries:
+            query_pos = torch.arange(offset, offset + n, device=scores.device)
+        causal = query_pos[..., None] >= torch.arange(n_keys, device=scores.device)  # [(batch,) query, key]
+        if cut_queries:
+            causal = causal[:, None]  # [batch, 1, query, key]
         if attention_mask is not None:
             causal = causal & attention_mask[:, None, None, :].bool()
         scores = torch.where(causal, scores, attn.IGNORE)
@@ -217,6 +251,8 @@ def _lean(
     if cfg.attn_only:
         return at("hook_resid_post", resid + attn_out)
     resid_mid = at("hook_resid_mid", resid + attn_out)
+    if query_at is not None and not cut_queries:  # every query was computed (for hooks): cut here
+        resid_mid = resid_mid[torch.arange(batch, device=resid.device), query_at][:, None]
     mlp = block.mlp
     x = _norm(block.ln2, resid_mid)
     pre = at("mlp.hook_pre", torch.addmm(mlp.b_in, x.reshape(-1, x.shape[-1]), mlp.W_in).view(*x.shape[:-1], -1))

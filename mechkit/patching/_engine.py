@@ -37,7 +37,9 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 from mechkit._types import PromptPairs
 from mechkit.errors import HookNameError, ShapeError
 from mechkit.models._tl_block import run_block
-from mechkit.patching._metrics import BoundMetric, MetricLike, answer_columns, bind_metric, metric_scope, project
+from mechkit.patching._metrics import (
+    BoundMetric, MetricLike, answer_columns, bind_metric, metric_scope, needs_answer_logits, project, project_columns,
+)
 from mechkit.patching._sweeps import FEATURE_AXES, Sweep, cell_coords, cell_masks
 
 DIRECTIONS = ("denoising", "noising")
@@ -80,18 +82,13 @@ class Run:
     final_offset: int | Tensor = 0
 
 
-def last_mlp_at_answer(model: HookedTransformer, answer: Int[Tensor, " batch"], start: int = 0) -> list:
-    """A hook cutting the last block's residual to each row's answer position before its MLP,
-    for runs that only read the answer position's output. The residual covers positions
-    ``start..``. No hook where the block has no separate MLP step (attention-only, parallel)."""
+def last_query_at(model: HookedTransformer, answer: Int[Tensor, " batch"], start: int = 0) -> Tensor | None:
+    """Where to cut the last block to each row's answer position (``run_block``'s ``query_at``),
+    for runs that only read the answer position's output and whose residual covers positions
+    ``start..``. None where the block has no separate MLP step (attention-only, parallel)."""
     if model.cfg.attn_only or model.cfg.parallel_attn_mlp:
-        return []
-    index = torch.arange(len(answer), device=answer.device)
-
-    def to_answer(act: Tensor, hook) -> Tensor:
-        return act[index, answer - start][:, None]
-
-    return [(f"blocks.{model.cfg.n_layers - 1}.hook_resid_mid", to_answer)]
+        return None
+    return answer - start
 
 
 def touches_last_mlp(model: HookedTransformer, hook: str) -> bool:
@@ -115,18 +112,19 @@ def forward_run(
     def save(act: Tensor, hook) -> None:
         acts[hook.name] = act
 
-    narrow = []
+    query = None
     if answer_pos is not None and not any(touches_last_mlp(model, h) for h in hooks):
-        narrow = last_mlp_at_answer(model, answer_pos.to(resid.device))
+        query = last_query_at(model, answer_pos.to(resid.device))
     resid_pre, keys, values = [], [], []
-    all_hooks = [(h, save) for h in hooks] + narrow
+    last = model.cfg.n_layers - 1
     for i in range(model.cfg.n_layers):
         entry = KVEntry.init_cache_entry(model.cfg, resid.device, resid.shape[0])
         resid_pre.append(resid)
-        resid = run_block(model, i, resid, entry, all_hooks, shortformer, mask)
+        resid = run_block(model, i, resid, entry, [(h, save) for h in hooks], shortformer, mask,
+                          query_at=query if i == last else None)
         keys.append(entry.past_keys)
         values.append(entry.past_values)
-    return Run(tokens, resid_pre, keys, values, acts, resid, shortformer, mask, answer_pos if narrow else 0)
+    return Run(tokens, resid_pre, keys, values, acts, resid, shortformer, mask, answer_pos if query is not None else 0)
 
 
 def split_run(run: Run, n: int) -> tuple[Run, Run]:
@@ -204,10 +202,12 @@ def prepare(
     if missing:
         raise HookNameError(f"the model never runs hook {missing[0]!r} (attention-only models have no MLP): pick another sweep")
     with torch.no_grad():
-        base_last, _ = project(model, base.final, pairs, base.final_offset, "position")
-        source_last, _ = project(model, source.final, pairs, source.final_offset, "position")
-        clean_last, corrupted_last = (source_last, base_last) if direction == "denoising" else (base_last, source_last)
-        bound = bind_metric(metric, clean_last[:, 0], corrupted_last[:, 0], pairs)
+        clean_last = corrupted_last = None
+        if needs_answer_logits(metric):
+            base_last = project(model, base.final, pairs, base.final_offset, "position")[0][:, 0]
+            source_last = project(model, source.final, pairs, source.final_offset, "position")[0][:, 0]
+            clean_last, corrupted_last = (source_last, base_last) if direction == "denoising" else (base_last, source_last)
+        bound = bind_metric(metric, clean_last, corrupted_last, pairs)
         rows = torch.arange(len(pairs), device=pairs.clean.device)
         base_logits = None
         if scope == "full":
@@ -297,32 +297,33 @@ def resume(
     answer = ctx.pairs.answer_pos[rows].to(base.tokens.device)
     shared = int(answer[0]) if answer_only and bool((answer == answer[0]).all()) else None
 
-    def block(i: int, resid: Tensor, at: int) -> Tensor:
+    def block(i: int, resid: Tensor, at: int, query_at: Tensor | None = None) -> Tensor:
         """Block ``i`` on positions ``at..`` (keys and values before ``at`` from the base run)."""
         entry = KVEntry(base.keys[i][:, :at].index_select(0, rows), base.values[i][:, :at].index_select(0, rows), frozen=True)
         pos_embed = (base.shortformer[:, at : at + resid.shape[1]].index_select(0, rows)
                      if base.shortformer is not None else None)
-        return run_block(model, i, resid, entry, hooks, pos_embed, mask)
+        return run_block(model, i, resid, entry, hooks, pos_embed, mask, query_at=query_at)
 
     if single and shared is not None and start < shared and layer == last - 1 and mask is None:
         out = block(layer, base.resid_pre[layer][:, start : start + 1].index_select(0, rows), start)
         return answer_via_keys(ctx, rows, torch.full_like(rows, start), out, []), shared
 
     offset: int | Tensor = start
-    if answer_only:
-        narrow = last_mlp_at_answer(model, answer, start)
-        hooks, offset = [*hooks, *narrow], (answer if narrow else start)
+    query = last_query_at(model, answer, start) if answer_only else None
+    if query is not None:
+        offset = answer
     if single:
-        out = block(layer, base.resid_pre[layer][:, start : start + 1].index_select(0, rows), start)
+        out = block(layer, base.resid_pre[layer][:, start : start + 1].index_select(0, rows), start,
+                    query if layer == last else None)
         if layer == last:
-            return out, start
+            return out, offset
         resid = base.resid_pre[layer + 1][:, start:].index_select(0, rows)
         resid[:, :1] = out
         layer += 1
     else:
         resid = base.resid_pre[layer][:, start:].index_select(0, rows)
     for i in range(layer, last + 1):
-        resid = block(i, resid, start)
+        resid = block(i, resid, start, query if i == last else None)
     return resid, offset
 
 
@@ -391,8 +392,11 @@ def answer_via_keys(
 def score(ctx: Context, resid: Tensor, rows: Tensor, start: int | Tensor) -> Float[Tensor, " n"]:
     """Metric values of patched runs whose final residual covers positions ``start..``
     (``start`` per row when the residual holds only each row's answer position)."""
-    pairs = ctx.pairs[rows]
     columns = tuple(c.index_select(0, rows) for c in ctx.columns) if ctx.columns is not None else None
+    if columns is not None and ctx.metric.on_columns is not None:
+        answer = ctx.pairs.answer_pos.index_select(0, rows)
+        return ctx.metric.score(project_columns(ctx.model, resid, answer, start, columns), None, rows)
+    pairs = ctx.pairs[rows]
     logits, scored_pairs = project(ctx.model, resid, pairs, start, ctx.metric.scope, columns)
     if ctx.metric.scope == "full":
         end = start + logits.shape[1]  # positions outside start..end are unchanged

@@ -79,9 +79,13 @@ class BoundMetric:
     name: str
     scope: str
     fn: Callable[[Tensor, PromptPairs, Tensor], Tensor]
+    # the same values from the [n, 2] (answer, wrong) logits alone, for built-in columns metrics
+    on_columns: Callable[[Tensor], Tensor] | None = None
 
-    def score(self, logits: Tensor, pairs: PromptPairs, rows: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
-        out = self.fn(logits, pairs, rows)
+    def score(self, logits: Tensor, pairs: PromptPairs | None, rows: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
+        """Values of ``logits`` (from :func:`project`; with ``pairs=None``, [n, 2] answer and
+        wrong logits for a metric with ``on_columns``)."""
+        out = self.fn(logits, pairs, rows) if pairs is not None else self.on_columns(logits)
         n = logits.shape[0]
         if not isinstance(out, Tensor) or out.shape != (n,):
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -93,18 +97,24 @@ class BoundMetric:
         return out.float()
 
 
+def needs_answer_logits(metric: MetricLike) -> bool:
+    """Whether :func:`bind_metric` reads the clean and corrupted answer-position logits."""
+    return not _is_user(metric) and metric_name(metric) in ("kl", "normalized-logit-diff")
+
+
 def bind_metric(
     metric: MetricLike,
-    clean_last: Float[Tensor, "batch d_vocab"],
-    corrupted_last: Float[Tensor, "batch d_vocab"],
+    clean_last: Float[Tensor, "batch d_vocab"] | None,
+    corrupted_last: Float[Tensor, "batch d_vocab"] | None,
     pairs: PromptPairs,
 ) -> BoundMetric:
-    """Bind ``metric`` to the clean and corrupted answer-position logits of ``pairs``."""
+    """Bind ``metric`` to the clean and corrupted answer-position logits of ``pairs`` (``None``
+    where :func:`needs_answer_logits` says the metric does not read them)."""
     name = metric_name(metric)
     if _is_user(metric):
         return BoundMetric(name, "full", lambda logits, p, rows: metric(logits, p))
     if name == "logit-diff":
-        return BoundMetric(name, "columns", lambda logits, p, rows: M.logit_diff(logits, p))
+        return BoundMetric(name, "columns", lambda logits, p, rows: M.logit_diff(logits, p), _difference)
     if name == "answer-prob":
         return BoundMetric(name, "position", lambda logits, p, rows: M.answer_prob(logits, p))
     if name == "kl":
@@ -118,7 +128,12 @@ def bind_metric(
         raise MetricError(
             "clean and corrupted runs have the same mean logit difference: normalized-logit-diff is undefined, use logit-diff"
         )
-    return BoundMetric(name, "columns", lambda logits, p, rows: M.normalized_logit_diff(logits, p, clean, corrupted))
+    return BoundMetric(name, "columns", lambda logits, p, rows: M.normalized_logit_diff(logits, p, clean, corrupted),
+                       lambda c: (_difference(c) - corrupted) / (clean - corrupted))
+
+
+def _difference(columns: Float[Tensor, "n 2"]) -> Float[Tensor, " n"]:
+    return columns[:, 0] - columns[:, 1]
 
 
 def _answer_only(pairs: PromptPairs) -> PromptPairs:
@@ -173,3 +188,19 @@ def project(
     w, b = columns if columns is not None else answer_columns(model, pairs)
     logits = x @ w.transpose(1, 2) + b[:, None]  # [n, 1, 2]
     return apply_softcap(logits, cfg.output_logits_soft_cap), _columns_only(pairs)
+
+
+def project_columns(
+    model, resid: Float[Tensor, "n pos d_model"], answer_pos: Int[Tensor, " n"], offset: int | Tensor,
+    columns: tuple[Tensor, Tensor],
+) -> Float[Tensor, "n 2"]:
+    """The (answer, wrong) logits of :func:`project`'s ``columns`` scope, as [n, 2], without
+    building prompt pairs (for metrics with ``on_columns``, in the engine's inner loop)."""
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    from mechkit.models._tl_block import final_norm
+
+    rows = torch.arange(resid.shape[0], device=resid.device)
+    x = final_norm(model, resid[rows, answer_pos - offset][:, None])  # [n, 1, d_model]
+    w, b = columns
+    return apply_softcap(x @ w.transpose(1, 2) + b[:, None], model.cfg.output_logits_soft_cap)[:, 0]

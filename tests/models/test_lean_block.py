@@ -124,3 +124,43 @@ def test_own_keys_and_values_already_cached(name):
             out = run_block(model, 1, tokens_resid[:, -1:], cached, [], last_pe, own_kv_cached=True)
             torch.testing.assert_close(out, full[:, -1:], atol=1e-6, rtol=1e-5)
         _tl_block._plain.pop(model)
+
+
+@pytest.mark.parametrize("name", ["ln-gelu", "rms-relu", "shortformer"])
+@pytest.mark.parametrize("hook_at", [None, "hook_resid_pre", "attn.hook_z"], ids=["no-hook", "pre-hook", "z-hook"])
+def test_query_at_one_position_per_row(name, hook_at):
+    """``query_at``: the output at one position per row, with every position's keys and values
+    cached and hooks before the queries (or, computed everywhere, after them) seeing every position."""
+    model = randomized(**CONFIGS[name])
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(4)
+    resid = torch.randn(3, 5, cfg.d_model, generator=g)
+    pos_embed = torch.randn(3, 5, cfg.d_model, generator=g) if cfg.positional_embedding_type == "shortformer" else None
+    query_at = torch.tensor([4, 1, 2])
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[2, 0] = 0
+    results = []
+    for lean in (True, False):
+        seen = []
+        hooks = [(f"blocks.1.{hook_at}", lambda a, hook: seen.append(a.clone()))] if hook_at else []
+        _tl_block._plain[model] = lean
+        with torch.no_grad():
+            entry = KVEntry(torch.randn(3, 2, cfg.n_heads, cfg.d_head, generator=torch.Generator().manual_seed(5)),
+                            entry_values(cfg))
+            out = run_block(model, 1, resid, entry, hooks, pos_embed, mask, query_at=query_at)
+        _tl_block._plain.pop(model)
+        results.append((out, seen, entry.past_keys))
+    (out, seen, keys), (tl_out, tl_seen, tl_keys) = results
+    assert out.shape == (3, 1, cfg.d_model)
+    torch.testing.assert_close(out, tl_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(keys, tl_keys, atol=1e-6, rtol=1e-5)
+    assert keys.shape[1] == 7  # every position's keys cached
+    assert [s.shape for s in seen] == [s.shape for s in tl_seen]
+    with torch.no_grad():  # and the output is the full block's at those positions
+        past = KVEntry(keys[:, :2].clone(), entry_values(cfg), frozen=True)
+        full = run_block(model, 1, resid, past, [], pos_embed, mask)
+    torch.testing.assert_close(out[:, 0], full[torch.arange(3), query_at], atol=1e-5, rtol=1e-5)
+
+
+def entry_values(cfg):
+    return torch.randn(3, 2, cfg.n_heads, cfg.d_head, generator=torch.Generator().manual_seed(6))
