@@ -24,6 +24,10 @@ Both libraries' times are the median of ``--repeats`` runs (default 5; Transform
 sweep repeats only while the repeats fit ``--tl-seconds``): a single run of a sweep that takes
 tens of milliseconds varies by ±30% on a small CPU.
 
+The "work ratio" column is TransformerLens's matrix-multiply FLOPs for the sweep over mechkit's
+(counted with ``torch.utils.flop_counter``): what mechkit's speed-up would be if both ran their
+arithmetic at the same rate. Where a sweep is arithmetic-bound, it bounds the speed-up.
+
 Pairs: ``2-tok`` corrupts two tokens (positions 4 and 11, as a name swap would);
 ``all-tok`` corrupts every token after BOS (the worst case for mechkit, which skips
 patches that change nothing and positions before the first change).
@@ -106,6 +110,24 @@ def time_mechkit(model, pairs, sweep, device, repeats=5, layers=None):
         sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times), result.values
+
+
+def count_flops(fn) -> int:
+    """Matrix-multiply FLOPs ``fn()`` performs (elementwise work not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def work_ratio(model, pairs, sweep, n_cells, layers=None) -> float:
+    """TransformerLens's matmul FLOPs for the sweep (one forward per cell, plus its clean-cache
+    run) over mechkit's: the speed-up an engine doing mechkit's arithmetic at TransformerLens's
+    rate would get, so the arithmetic a sweep cannot skip bounds its speed-up."""
+    tl = count_flops(lambda: model(pairs.corrupted)) * (n_cells + 1)
+    ours = count_flops(lambda: activation_patch(model, pairs, sweep, "logit-diff", layers=layers, progress=False))
+    return tl / ours
 
 
 def time_tl(model, pairs, sweep, device, budget_s, layers=None, repeats=5):
@@ -239,26 +261,28 @@ def main() -> None:
             ours_cells = ours.to(tl_vals.device)[tuple(cells.T)] if cells.shape[0] != ours.numel() else ours.flatten()
             diff = (ours_cells.to(tl_vals.device) - tl_vals).abs().max().item()
             n_cells = ours.numel()
+            work = work_ratio(model, pairs, sweep, n_cells, layers)
             row = {"model": name, "pairs": kind, "sweep": sweep, "cells": n_cells, "tl_cells_run": n_run,
                    "tl_seconds": tl_s, "tl_extrapolated": extrapolated, "mechkit_seconds": ours_s, "repeats": args.repeats,
-                   "speedup": tl_s / ours_s, "max_abs_diff": diff, "note": note,
+                   "speedup": tl_s / ours_s, "work_ratio": work, "max_abs_diff": diff, "note": note,
                    "shape": f"{pairs.clean.shape[0]}x{pairs.clean.shape[1]}",
                    "layers": "all" if layers is None else ",".join(map(str, layers))}
             rows.append(row)
             print(json.dumps(row), flush=True)
     info = machine(device)
     info["load_avg_1m_at_start"] = load_at_start  # other jobs on the machine inflate times
-    table = ["| model | pairs | sweep | cells | TransformerLens s | mechkit s | speed-up | max abs diff |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    table = ["| model | pairs | sweep | cells | TransformerLens s | mechkit s | speed-up | work ratio | max abs diff |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         tl = f"{r['tl_seconds']:.2f}" + (f" (extrapolated from {r['tl_cells_run']} cells)" if r["tl_extrapolated"] else "")
         lay = "" if r["layers"] == "all" else f", layers {r['layers']}"
         table.append(f"| {r['model']} ({r['shape']}{lay}) | {r['pairs']} | {r['sweep']} | {r['cells']} | {tl} | "
-                     f"{r['mechkit_seconds']:.2f} | {r['speedup']:.1f}x | {r['max_abs_diff']:.1e} |")
+                     f"{r['mechkit_seconds']:.3f} | {r['speedup']:.1f}x | {r['work_ratio']:.1f}x | {r['max_abs_diff']:.1e} |")
     gpu = f", GPU {info['gpu']}" if info["gpu"] else ""
     header = (f"device {device}{gpu}; CPU {info['cpu']} ({info['cpu_count']} cores, {info['torch_threads']} torch "
               f"threads); torch {info['torch']}; {info['date']}")
     notes = sorted({f"- {r['model']}: {r['note']}" for r in rows})
+    notes.append("- work ratio: TransformerLens's matrix-multiply FLOPs over mechkit's for the same sweep")
     md = "\n".join([header, "", *table, "", *notes])
     print(md)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
