@@ -2,7 +2,7 @@
 and in ``_tl_block`` (its blocks run with fewer operations).
 
 TransformerLens 3.9 is the pinned version; when mechkit moves to 4.x (TransformerBridge),
-this module is the one place to change.
+these two modules are the places to change.
 """
 
 import copy

@@ -15,11 +15,16 @@ positions < ``s`` untouched, so a patched forward
 5. a one-position patch after the attention mixing (head outputs, queries, patterns,
    attn/MLP outputs) changes only that position of its block's output: that block runs on
    the one position, and in the last block only a patch at the answer position counts;
-6. the last block computes its MLP at the answer position only; where its input differs from
-   the unpatched run at one position ``p`` only (a one-position patch in the block before it,
-   or one before the attention mixing of the last block itself), it runs on ``p`` alone for
-   that position's keys and values, then on the answer with those spliced into the cached ones;
-7. the clean and corrupted runs that everything resumes from are one batched forward pass.
+6. the last block computes its queries, attention and MLP at the answer position only (keys
+   and values everywhere); where its input differs from the unpatched run at one position
+   ``p`` only (a one-position patch in the block before it, or one before the attention mixing
+   of the last block itself), it runs on ``p`` alone for that position's keys and values (for
+   a whole residual patched in, they are the source run's: no pass at all), then on the answer
+   with those spliced into the cached ones, read in attention layout without further copies;
+7. the clean and corrupted runs that everything resumes from are one batched forward pass;
+8. blocks run through ``mechkit.models._tl_block.run_block``: TransformerLens's operations
+   without its per-call overhead (hook points, einops, three ``ln1`` calls), hooks called in
+   place, falling back to the block itself for what it does not cover.
 
 Every step is exact: results equal one full forward per cell up to float rounding.
 """
