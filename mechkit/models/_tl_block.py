@@ -37,6 +37,7 @@ _FLAGS_OFF = ("use_attn_in", "use_split_qkv_input", "use_attn_result", "use_hook
               "scale_attn_by_inverse_layer_idx", "load_in_4bit", "gated_mlp")
 
 _KV_HOOKS = ("attn.hook_k", "attn.hook_v")
+_SCORE_HOOKS = ("attn.hook_attn_scores", "attn.hook_pattern")
 _BEFORE_QUERIES = ("hook_resid_pre", *_KV_HOOKS)  # hook points whose every position a query_at call computes
 
 _plain: "weakref.WeakKeyDictionary[HookedTransformer, bool]" = weakref.WeakKeyDictionary()
@@ -150,14 +151,26 @@ def final_norm(model: HookedTransformer, x: Tensor) -> Tensor:
     ln = model.ln_final
     if torch.is_grad_enabled() or type(ln).__name__ not in _NORMS or _has_user_hooks(ln):
         return ln(x)
-    return _norm(ln, x)
+    return _norm(ln, x, fused_kernels(x.device))
 
 
-def _norm(module: torch.nn.Module, x: Tensor) -> Tensor:
-    """TransformerLens's normalisation layers, operation for operation."""
+def fused_kernels(device: torch.device) -> bool:
+    """Whether to run normalisation and attention as single fused kernels (equal up to float
+    rounding, not bitwise) instead of TransformerLens's operations. On accelerators a small
+    forward pass costs kernel launches, not arithmetic; on a CPU the exact sequence costs little."""
+    return device.type != "cpu"
+
+
+def _norm(module: torch.nn.Module, x: Tensor, fused: bool = False) -> Tensor:
+    """TransformerLens's normalisation layers, operation for operation (or one fused kernel)."""
     kind = type(module).__name__
     if kind == "Identity":
         return x
+    if fused:
+        shape, w = (x.shape[-1],), getattr(module, "w", None)
+        if kind.startswith("LayerNorm"):
+            return F.layer_norm(x, shape, w, getattr(module, "b", None), module.eps)
+        return F.rms_norm(x, shape, w, module.eps)
     if kind.startswith("LayerNorm"):
         x = x - x.mean(-1, keepdim=True)
     x = x / (x.pow(2).mean(-1, keepdim=True) + module.eps).sqrt()
@@ -191,7 +204,8 @@ def _lean(
     resid = at("hook_resid_pre", resid)
     batch, n, _ = resid.shape
     heads, d_head = cfg.n_heads, cfg.d_head
-    x = _norm(block.ln1, resid)
+    fused = fused_kernels(resid.device)
+    x = _norm(block.ln1, resid, fused)
     hd = heads * d_head
     query_pos = None  # [batch, 1]: each query's position among the keys, where queries are cut
     if own_kv_cached:
@@ -229,24 +243,31 @@ def _lean(
         if entry is not None:
             offset = entry.past_keys.size(1)
             k, v = entry.append(k, v)
-    scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / attn.attn_scale  # [batch, head, query, key]
-    n_keys = scores.shape[-1]
+    n_keys = k.shape[1]
     cut_queries = query_pos is not None
+    causal = None  # [(batch, 1,) query, key], where a query may not see every key
     if n > 1 or attention_mask is not None or cut_queries:
         if not cut_queries:
-            query_pos = torch.arange(offset, offset + n, device=scores.device)
-        causal = query_pos[..., None] >= torch.arange(n_keys, device=scores.device)  # [(batch,) query, key]
+            query_pos = torch.arange(offset, offset + n, device=q.device)
+        causal = query_pos[..., None] >= torch.arange(n_keys, device=q.device)
         if cut_queries:
             causal = causal[:, None]  # [batch, 1, query, key]
         if attention_mask is not None:
             causal = causal & attention_mask[:, None, None, :].bool()
-        scores = torch.where(causal, scores, attn.IGNORE)
-    scores = at("attn.hook_attn_scores", scores)
-    pattern = F.softmax(scores, dim=-1)
-    if attention_mask is not None:  # fully masked rows (padding) give NaN: TransformerLens zeroes them
-        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
-    pattern = at("attn.hook_pattern", pattern)
-    z = at("attn.hook_z", (pattern @ v.transpose(1, 2)).transpose(1, 2))  # [batch, query, head, d_head]
+    if fused and attention_mask is None and not any(h in hooks for h in _SCORE_HOOKS):
+        z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=causal,
+                                           scale=1 / attn.attn_scale)
+        z = at("attn.hook_z", z.transpose(1, 2))  # [batch, query, head, d_head]
+    else:
+        scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / attn.attn_scale  # [batch, head, query, key]
+        if causal is not None:
+            scores = torch.where(causal, scores, attn.IGNORE)
+        scores = at("attn.hook_attn_scores", scores)
+        pattern = F.softmax(scores, dim=-1)
+        if attention_mask is not None:  # fully masked rows (padding) give NaN: TransformerLens zeroes them
+            pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
+        pattern = at("attn.hook_pattern", pattern)
+        z = at("attn.hook_z", (pattern @ v.transpose(1, 2)).transpose(1, 2))  # [batch, query, head, d_head]
     attn_out = at("hook_attn_out", F.linear(z.reshape(z.shape[0], z.shape[1], hd), w_o, attn.b_O))
     if cfg.attn_only:
         return at("hook_resid_post", resid + attn_out)
@@ -254,7 +275,7 @@ def _lean(
     if query_at is not None and not cut_queries:  # every query was computed (for hooks): cut here
         resid_mid = resid_mid[torch.arange(batch, device=resid.device), query_at][:, None]
     mlp = block.mlp
-    x = _norm(block.ln2, resid_mid)
+    x = _norm(block.ln2, resid_mid, fused)
     pre = at("mlp.hook_pre", torch.addmm(mlp.b_in, x.reshape(-1, x.shape[-1]), mlp.W_in).view(*x.shape[:-1], -1))
     post = at("mlp.hook_post", mlp.act_fn(pre))
     mlp_out = torch.addmm(mlp.b_out, post.reshape(-1, post.shape[-1]), mlp.W_out).view(*post.shape[:-1], -1)

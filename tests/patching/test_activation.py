@@ -121,3 +121,17 @@ def test_accelerator_chunking_matches(monkeypatch):
         ours = activation_patch(model, pairs, sweep, progress=False)
         ref = tl_sweep(SWEEPS[sweep].tl_name, model, pairs, M.logit_diff)
         assert (ours.values - ref).abs().max() <= TOL, sweep
+
+
+@pytest.mark.parametrize("name", ["gpt2ish", "shortformer"])
+def test_fused_kernels_match_transformer_lens(name, monkeypatch):
+    """The engine's accelerator variant (fused normalisation and attention), forced on the CPU."""
+    from mechkit.models import _tl_block
+
+    monkeypatch.setattr(_tl_block, "fused_kernels", lambda device: True)
+    model = MODELS[name]()
+    pairs = make_pairs(batch=3, n_pos=6, seed=1)
+    for sweep in ("resid-pre", "head-out-by-pos", "attn-out"):
+        ours = activation_patch(model, pairs, sweep, "logit-diff", progress=False)
+        ref = tl_sweep(SWEEPS[sweep].tl_name, model, pairs, M.logit_diff, "denoising")
+        assert (ours.values - ref).abs().max() <= TOL, sweep
