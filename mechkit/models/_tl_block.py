@@ -127,9 +127,10 @@ def _has_user_hooks(block: torch.nn.Module) -> bool:
     return any(p._forward_hooks or p._forward_pre_hooks for p in _points[block])
 
 
-def _fused(block: torch.nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-    """(W_QKV [3 * heads * d_head, d_model], b_QKV, W_O [d_model, heads * d_head]), rebuilt
-    whenever a weight changes (a tensor's version counter moves on every in-place write)."""
+def _fused(model: HookedTransformer, block: torch.nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """(W_QKV [3 * heads * d_head, d_model], b_QKV, W_O [d_model, heads * d_head]), kept between
+    calls (while they fit ``CACHE_BYTES`` for the whole model) and rebuilt whenever a weight
+    changes (a tensor's version counter moves on every in-place write)."""
     a = block.attn
     params = (a.W_Q, a.W_K, a.W_V, a.b_Q, a.b_K, a.b_V, a.W_O)
     key = tuple((p.data_ptr(), p._version) for p in params)
@@ -140,8 +141,12 @@ def _fused(block: torch.nn.Module) -> tuple[Tensor, Tensor, Tensor]:
         b_qkv = torch.cat([a.b_Q, a.b_K, a.b_V]).reshape(-1)
         w_o = a.W_O.reshape(-1, d_model).T.contiguous()
         cached = (key, w_qkv.detach(), b_qkv.detach(), w_o.detach())
-        _weights[a] = cached
+        if model.cfg.n_layers * (w_qkv.nbytes + w_o.nbytes) <= CACHE_BYTES:
+            _weights[a] = cached
     return cached[1:]
+
+
+CACHE_BYTES = 512 << 20  # rearranged attention weights kept for a whole model; larger ones are rebuilt per call
 
 
 def final_norm(model: HookedTransformer, x: Tensor) -> Tensor:
@@ -200,7 +205,7 @@ def _lean(
         return act
 
     cfg, attn = model.cfg, block.attn
-    w_qkv, b_qkv, w_o = _fused(block)
+    w_qkv, b_qkv, w_o = _fused(model, block)
     resid = at("hook_resid_pre", resid)
     batch, n, _ = resid.shape
     heads, d_head = cfg.n_heads, cfg.d_head

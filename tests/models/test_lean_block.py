@@ -175,3 +175,15 @@ def test_query_at_one_position_per_row(name, hook_at, fused):
 
 def entry_values(cfg):
     return torch.randn(3, 2, cfg.n_heads, cfg.d_head, generator=torch.Generator().manual_seed(6))
+
+
+def test_weights_of_large_models_are_not_kept(monkeypatch):
+    """Above the cache budget the rearranged weights are rebuilt per call (same results)."""
+    model = randomized()
+    kept, *_ = call(model, 0, True, False, True)
+    assert model.blocks[0].attn in _tl_block._weights
+    _tl_block._weights.clear()
+    monkeypatch.setattr(_tl_block, "CACHE_BYTES", 0)
+    rebuilt, *_ = call(model, 0, True, False, True)
+    assert model.blocks[0].attn not in _tl_block._weights
+    assert torch.equal(kept, rebuilt)
