@@ -3,11 +3,12 @@
 A ``TransformerBlock`` call on a few positions costs far more than its arithmetic: a dozen
 hook-point modules, einops rearranges, and ``ln1`` computed three times (once each for the
 query, key and value inputs). The patching engine runs hundreds of such calls per sweep, so
-``run_block`` computes the same block with the same operations in the same order (results
-equal TransformerLens's up to float rounding; on the shipped organisms, bitwise), calling the
-given hooks at the same places, and falls back to the block itself for anything it does not
-cover (rotary or ALiBi positions, grouped-query or split-input attention, gated MLPs, hooks it
-does not emulate, hooks a user left on the model, or gradients).
+``run_block`` computes the same block with the same operations in the same order (on a CPU the
+results equal TransformerLens's bit for bit on the shipped organisms; on accelerators the layer
+norms and attention are single fused kernels, equal up to float rounding), calling the given hooks
+at the same places, and falls back to the block itself for anything it does not cover (rotary or
+ALiBi positions, grouped-query or split-input attention, gated MLPs, hooks it does not emulate,
+hooks a user left on the model, or gradients).
 
 TransformerLens-specific, like ``mechkit.models._tl``: the move to 4.x changes these two modules.
 """
@@ -46,21 +47,22 @@ _weights: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyD
 
 
 def lean_supported(model: HookedTransformer) -> bool:
-    """Whether every block of ``model`` is a plain pre-norm block the lean path computes."""
+    """Whether every block of ``model`` is a plain pre-norm block the lean path computes.
+    (The switchable flags, such as ``use_attn_result``, are read on every call.)"""
+    cfg = model.cfg
+    if any(getattr(cfg, f, False) for f in _FLAGS_OFF):
+        return False
     if model not in _plain:
-        cfg = model.cfg
-        ok = (
+        _plain[model] = (
             cfg.positional_embedding_type in ("standard", "shortformer")
             and cfg.attention_dir == "causal"
             and cfg.n_key_value_heads is None
-            and not any(getattr(cfg, f, False) for f in _FLAGS_OFF)
             and (cfg.attn_scores_soft_cap or -1) <= 0
             and getattr(cfg, "clip_qkv", None) is None
             and not cfg.is_layer_norm_activation()
             and cfg.dtype in (torch.float32, torch.float64)
             and all(_plain_block(b) for b in model.blocks)
         )
-        _plain[model] = ok
     return _plain[model]
 
 
@@ -68,8 +70,9 @@ def _plain_block(block: torch.nn.Module) -> bool:
     mlp_ok = not hasattr(block, "mlp") or type(block.mlp).__name__ == "MLP"
     norms = [type(getattr(block, n)).__name__ for n in ("ln1", "ln2") if hasattr(block, n)]
     window = getattr(block.attn, "attn_type", "global") == "global"  # local attention masks a window
+    post_norm = block.cfg.original_architecture in POST_NORM_ARCHITECTURES
     return (type(block).__name__ == "TransformerBlock" and type(block.attn).__name__ == "Attention" and mlp_ok
-            and all(n in _NORMS for n in norms) and window and block.cfg.original_architecture not in POST_NORM_ARCHITECTURES)
+            and all(n in _NORMS for n in norms) and window and not post_norm)
 
 
 def run_block(

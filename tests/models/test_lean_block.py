@@ -187,3 +187,12 @@ def test_weights_of_large_models_are_not_kept(monkeypatch):
     rebuilt, *_ = call(model, 0, True, False, True)
     assert model.blocks[0].attn not in _tl_block._weights
     assert torch.equal(kept, rebuilt)
+
+
+def test_switched_flags_are_read_on_every_call():
+    model = randomized()
+    assert lean_supported(model)
+    model.set_use_attn_result(True)  # TransformerLens's block then fills hook_result: it must run
+    assert not lean_supported(model)
+    model.set_use_attn_result(False)
+    assert lean_supported(model)
