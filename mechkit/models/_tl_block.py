@@ -93,7 +93,8 @@ def run_block(
     ``own_kv_cached``: ``resid`` is one position whose own keys and values are already the
     entry's last (unchanged from the run the entry comes from), so only its query is computed
     and nothing is appended. The entry's tensors may then be permuted views of attention-layout
-    storage (keys [batch, head, d_head, pos], values [batch, head, pos, d_head]), read without a copy.
+    storage, read without a copy: values [batch, head, pos, d_head]; keys [batch, head, d_head, pos]
+    (or [batch, head, pos, d_head] where ``fused_kernels``).
 
     ``query_at`` [batch]: only the output at that position of ``resid`` (one per row) is wanted,
     [batch, 1, d_model]. Every position's keys and values are still computed (and cached); hooks

@@ -41,6 +41,7 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from mechkit._types import PromptPairs
 from mechkit.errors import HookNameError, ShapeError
+from mechkit.models import _tl_block
 from mechkit.models._tl_block import run_block
 from mechkit.patching._metrics import (
     BoundMetric, MetricLike, answer_columns, bind_metric, metric_scope, needs_answer_logits, project, project_columns,
@@ -381,11 +382,15 @@ def answer_via_keys(
         new_keys, new_values = entry.past_keys[:, 0], entry.past_values[:, 0]
     # the base run's keys and values up to the answer (its own included), gathered per row in the
     # layout attention reads them in, so the splice is the only other copy
+    # (keys [batch, head, d_head, pos] for a matmul; [batch, head, pos, d_head] for fused attention)
+    fused = _tl_block.fused_kernels(rows.device)
     if answer not in ctx.answer_kv:
-        ctx.answer_kv[answer] = (base.keys[last][:, : answer + 1].permute(0, 2, 3, 1).contiguous(),
+        keys = base.keys[last][:, : answer + 1]
+        ctx.answer_kv[answer] = ((keys.transpose(1, 2) if fused else keys.permute(0, 2, 3, 1)).contiguous(),
                                  base.values[last][:, : answer + 1].transpose(1, 2).contiguous())
     keys_t, values_t = ctx.answer_kv[answer]
-    keys = keys_t.index_select(0, rows).permute(0, 3, 1, 2)  # [n, pos, head, d_head] views
+    keys = keys_t.index_select(0, rows)
+    keys = keys.transpose(1, 2) if fused else keys.permute(0, 3, 1, 2)  # [n, pos, head, d_head] views
     values = values_t.index_select(0, rows).transpose(1, 2)
     index = torch.arange(len(rows), device=rows.device)
     keys[index, at], values[index, at] = new_keys, new_values
