@@ -305,7 +305,8 @@ def resume(
 
     def block(i: int, resid: Tensor, at: int, query_at: Tensor | None = None) -> Tensor:
         """Block ``i`` on positions ``at..`` (keys and values before ``at`` from the base run)."""
-        entry = KVEntry(base.keys[i][:, :at].index_select(0, rows), base.values[i][:, :at].index_select(0, rows), frozen=True)
+        entry = KVEntry(base.keys[i][:, :at].index_select(0, rows), base.values[i][:, :at].index_select(0, rows),
+                        frozen=True)
         pos_embed = (base.shortformer[:, at : at + resid.shape[1]].index_select(0, rows)
                      if base.shortformer is not None else None)
         return run_block(model, i, resid, entry, hooks, pos_embed, mask, query_at=query_at)
