@@ -104,21 +104,24 @@ def run_block(
     prefix = f"blocks.{layer}."
     mine = [(name[len(prefix):], fn) for name, fn in hooks if name.startswith(prefix)]
     block = model.blocks[layer]
-    if (torch.is_grad_enabled() or not lean_supported(model) or any(n not in LEAN_HOOKS for n, _ in mine)
-            or _has_user_hooks(block) or (own_kv_cached and any(n in _KV_HOOKS for n, _ in mine))):
+    lean = not (torch.is_grad_enabled() or not lean_supported(model) or any(n not in LEAN_HOOKS for n, _ in mine)
+                or _has_user_hooks(block) or (own_kv_cached and any(n in _KV_HOOKS for n, _ in mine)))
+    if query_at is not None and not (lean and all(n in _BEFORE_QUERIES for n, _ in mine)):
+        # every query is computed (a hook reads them, or TransformerLens's block runs): cut the
+        # residual to the wanted positions before the MLP instead
+        rows, at = torch.arange(len(query_at), device=query_at.device), query_at
+        mine, query_at = [*mine, ("hook_resid_mid", lambda act, hook: act[rows, at][:, None])], None
+    if not lean:
         if own_kv_cached:  # the block recomputes this position's keys and values itself
             entry = KVEntry(entry.past_keys[:, :-1], entry.past_values[:, :-1], frozen=True)
-        if query_at is not None:  # cut the residual to the wanted positions before the MLP
-            rows = torch.arange(len(query_at), device=query_at.device)
-            mine = [*mine, ("hook_resid_mid", lambda act, hook: act[rows, query_at][:, None])]
         with fwd_hooks(model, [(prefix + n, fn) for n, fn in mine]):
             return block(resid, shortformer_pos_embed=shortformer_pos_embed, past_kv_cache_entry=entry,
                          attention_mask=attention_mask)
-    return _lean(model, block, prefix, resid, entry, dict_of_lists(mine), shortformer_pos_embed, attention_mask,
+    return _lean(model, block, prefix, resid, entry, _by_name(mine), shortformer_pos_embed, attention_mask,
                  own_kv_cached, query_at)
 
 
-def dict_of_lists(hooks: list[Hook]) -> dict[str, list[Callable]]:
+def _by_name(hooks: list[Hook]) -> dict[str, list[Callable]]:
     out: dict[str, list[Callable]] = {}
     for name, fn in hooks:
         out.setdefault(name, []).append(fn)
@@ -222,36 +225,34 @@ def _lean(
         q = at("attn.hook_q", F.linear(qk_in, w_qkv[:hd], b_qkv[:hd]).view(batch, n, heads, d_head))
         k, v = entry.past_keys, entry.past_values
         offset = k.shape[1] - n
-    elif query_at is not None and all(name in _BEFORE_QUERIES for name in hooks):
-        # keys and values everywhere, the query at one position per row
-        rows = torch.arange(batch, device=resid.device)
-        x_q = x[rows, query_at][:, None]
-        if pos_embed is None:
-            k, v = F.linear(x, w_qkv[hd:], b_qkv[hd:]).view(batch, n, 2, heads, d_head).unbind(2)
-            q = F.linear(x_q, w_qkv[:hd], b_qkv[:hd]).view(batch, 1, heads, d_head)
-        else:
-            k = F.linear(x + pos_embed, w_qkv[hd : 2 * hd], b_qkv[hd : 2 * hd]).view(batch, n, heads, d_head)
-            v = F.linear(x, w_qkv[2 * hd :], b_qkv[2 * hd :]).view(batch, n, heads, d_head)
-            q = F.linear(x_q + pos_embed[rows, query_at][:, None], w_qkv[:hd], b_qkv[:hd]).view(batch, 1, heads, d_head)
-        k, v = at("attn.hook_k", k), at("attn.hook_v", v)
-        offset = 0
-        if entry is not None:
-            offset = entry.past_keys.size(1)
-            k, v = entry.append(k, v)
-        query_pos = (offset + query_at)[:, None]
-        resid, n = resid[rows, query_at][:, None], 1
     else:
-        if pos_embed is None:
+        if query_at is not None:  # keys and values everywhere, the query at one position per row
+            rows = torch.arange(batch, device=resid.device)
+            x_q = x[rows, query_at][:, None]
+            if pos_embed is None:
+                k, v = F.linear(x, w_qkv[hd:], b_qkv[hd:]).view(batch, n, 2, heads, d_head).unbind(2)
+                q = F.linear(x_q, w_qkv[:hd], b_qkv[:hd]).view(batch, 1, heads, d_head)
+            else:
+                k = F.linear(x + pos_embed, w_qkv[hd : 2 * hd], b_qkv[hd : 2 * hd]).view(batch, n, heads, d_head)
+                v = F.linear(x, w_qkv[2 * hd :], b_qkv[2 * hd :]).view(batch, n, heads, d_head)
+                q_in = x_q + pos_embed[rows, query_at][:, None]
+                q = F.linear(q_in, w_qkv[:hd], b_qkv[:hd]).view(batch, 1, heads, d_head)
+        elif pos_embed is None:
             q, k, v = F.linear(x, w_qkv, b_qkv).view(batch, n, 3, heads, d_head).unbind(2)
         else:  # shortformer: positions enter queries and keys only
             qk = F.linear(x + pos_embed, w_qkv[: 2 * hd], b_qkv[: 2 * hd]).view(batch, n, 2, heads, d_head)
             q, k = qk.unbind(2)
             v = F.linear(x, w_qkv[2 * hd :], b_qkv[2 * hd :]).view(batch, n, heads, d_head)
-        q, k, v = at("attn.hook_q", q), at("attn.hook_k", k), at("attn.hook_v", v)
+        if query_at is None:  # (run_block passes query_at only when no hook reads the queries)
+            q = at("attn.hook_q", q)
+        k, v = at("attn.hook_k", k), at("attn.hook_v", v)
         offset = 0
         if entry is not None:
             offset = entry.past_keys.size(1)
             k, v = entry.append(k, v)
+        if query_at is not None:
+            query_pos = (offset + query_at)[:, None]
+            resid, n = resid[rows, query_at][:, None], 1
     n_keys = k.shape[1]
     cut_queries = query_pos is not None
     causal = None  # [(batch, 1,) query, key], where a query may not see every key
@@ -281,8 +282,6 @@ def _lean(
     if cfg.attn_only:
         return at("hook_resid_post", resid + attn_out)
     resid_mid = at("hook_resid_mid", resid + attn_out)
-    if query_at is not None and not cut_queries:  # every query was computed (for hooks): cut here
-        resid_mid = resid_mid[torch.arange(batch, device=resid.device), query_at][:, None]
     mlp = block.mlp
     x = _norm(block.ln2, resid_mid, fused)
     pre = at("mlp.hook_pre", torch.addmm(mlp.b_in, x.reshape(-1, x.shape[-1]), mlp.W_in).view(*x.shape[:-1], -1))

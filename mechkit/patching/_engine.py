@@ -218,13 +218,13 @@ def prepare(
         base_logits = None
         if scope == "full":
             base_logits, _ = project(model, base.final, pairs, 0, "full")
-        base_values = bound.score(*project(model, base.final, pairs, base.final_offset, scope), rows)
-        source_values = bound.score(*project(model, source.final, pairs, source.final_offset, scope), rows)
+        columns = answer_columns(model, pairs) if scope == "columns" else None
+        base_values = bound.score(*project(model, base.final, pairs, base.final_offset, scope, columns), rows)
+        source_values = bound.score(*project(model, source.final, pairs, source.final_offset, scope, columns), rows)
     clean_values, corrupted_values = (source_values, base_values) if direction == "denoising" else (base_values, source_values)
     return Context(
         model, pairs, base, source, bound, base_values, base_logits,
-        clean_values.mean().item(), corrupted_values.mean().item(),
-        answer_columns(model, pairs) if scope == "columns" else None,
+        clean_values.mean().item(), corrupted_values.mean().item(), columns,
     )
 
 
@@ -547,11 +547,12 @@ def run_sweep(
                 return torch.where(mask, src, act)
 
             if per_row:
-                resid_at, hooks = base.resid_pre[layer][r, at][:, None], [(hook, patch)]
-                if padded:  # this block on the one position, then the last block through its keys
-                    resid_at, hooks = block_at(ctx, layer, r, at, resid_at, hooks), []
                 if kind == "hook_resid_pre" and layer == last:  # the source's whole residual there
-                    resid_at = None
+                    resid_at, hooks = None, []
+                else:
+                    resid_at, hooks = base.resid_pre[layer][r, at][:, None], [(hook, patch)]
+                    if padded:  # this block on the one position, then the last block through its keys
+                        resid_at, hooks = block_at(ctx, layer, r, at, resid_at, hooks), []
                 resid, offset = answer_via_keys(ctx, r, at, resid_at, hooks), answer
             else:
                 resid, offset = resume(ctx, layer, r, start, [(hook, patch)], single, answer_only)

@@ -181,13 +181,13 @@ def project(
     if scope == "full":
         x = final_norm(model, resid)
         return apply_softcap(model.unembed(x), cfg.output_logits_soft_cap), pairs
+    answer_pos = pairs.answer_pos.to(resid.device)
+    if scope == "columns":
+        columns = columns if columns is not None else answer_columns(model, pairs)
+        return project_columns(model, resid, answer_pos, offset, columns)[:, None], _columns_only(pairs)
     rows = torch.arange(resid.shape[0], device=resid.device)
-    x = final_norm(model, resid[rows, pairs.answer_pos.to(resid.device) - offset][:, None])  # [n, 1, d_model]
-    if scope == "position":
-        return apply_softcap(model.unembed(x), cfg.output_logits_soft_cap), _answer_only(pairs)
-    w, b = columns if columns is not None else answer_columns(model, pairs)
-    logits = x @ w.transpose(1, 2) + b[:, None]  # [n, 1, 2]
-    return apply_softcap(logits, cfg.output_logits_soft_cap), _columns_only(pairs)
+    x = final_norm(model, resid[rows, answer_pos - offset][:, None])  # [n, 1, d_model]
+    return apply_softcap(model.unembed(x), cfg.output_logits_soft_cap), _answer_only(pairs)
 
 
 def project_columns(
