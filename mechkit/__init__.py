@@ -15,25 +15,33 @@ and their tasks), ``patching`` (activation, path and attribution patching), ``di
 
 import importlib
 
-from mechkit import artifacts, discovery, metrics, models, organisms, patching, viewer
-from mechkit._types import Circuit, Edge, Faithfulness, Node, PromptPairs
-from mechkit.artifacts import load_circuit, save_circuit
-from mechkit.discovery import discover
-from mechkit.errors import MechkitError
-from mechkit.models import Component, component, components, fingerprint, input_hooks_enabled, load_model
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "Circuit", "Component", "Edge", "Faithfulness", "MechkitError", "Node", "PromptPairs",
-    "artifacts", "component", "components", "discover", "discovery", "fingerprint",
-    "input_hooks_enabled", "load_circuit", "load_model", "metrics", "models", "organisms",
-    "patching", "sae", "save_circuit", "viewer",
-]
+# Public names and the module each comes from. Nothing heavy is imported until a name is first
+# used, so `import mechkit.cli` (and `mechkit --version`) does not pay for torch and TransformerLens.
+_SUBMODULES = ("artifacts", "discovery", "metrics", "models", "organisms", "patching", "sae", "viewer")
+_NAMES = {
+    "Circuit": "mechkit._types", "Edge": "mechkit._types", "Faithfulness": "mechkit._types",
+    "Node": "mechkit._types", "PromptPairs": "mechkit._types",
+    "load_circuit": "mechkit.artifacts", "save_circuit": "mechkit.artifacts",
+    "discover": "mechkit.discovery",
+    "MechkitError": "mechkit.errors",
+    "Component": "mechkit.models", "component": "mechkit.models", "components": "mechkit.models",
+    "fingerprint": "mechkit.models", "input_hooks_enabled": "mechkit.models", "load_model": "mechkit.models",
+}
+
+__all__ = sorted(set(_SUBMODULES) | set(_NAMES))
 
 
 def __getattr__(name: str):
-    # SAELens is heavy to import: load mechkit.sae only when it is first used
-    if name == "sae":
-        return importlib.import_module("mechkit.sae")
+    if name in _SUBMODULES:
+        return importlib.import_module(f"mechkit.{name}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'mechkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

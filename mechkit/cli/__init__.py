@@ -35,26 +35,57 @@ def _root(
     """mechkit: find which parts of a transformer carry a behaviour."""
 
 
-def main() -> None:
+def _usage_error_types() -> tuple[type, ...]:
+    """Usage-error classes of every click the installed typer may raise: typer >= 0.2x vendors
+    its own copy (``typer._click``), older ones use ``click``."""
+    types = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = __import__(name, fromlist=["ClickException"])
+        except ImportError:
+            continue
+        types.append(module.ClickException)
+    return tuple(types)
+
+
+def _one_line_usage_error(err) -> str:
+    message = " ".join(err.format_message().split()).rstrip(".")
+    ctx = getattr(err, "ctx", None)
+    command = ctx.command_path if ctx is not None else "mechkit"
+    return f"error: {message} (see '{command} --help')"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: run the app, turn every outcome into an exit code.
+
+    0 success; 1 a check that ran and failed (``verify``, ``demo``); 2 bad input or usage,
+    printed as one line on stderr; 130 interrupted.
+    """
     from mechkit.errors import MechkitError
 
+    usage_errors = _usage_error_types()
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False: click returns a command's exit code instead of exiting, and
+        # raises usage errors, so that they print as one line here.
+        code = app(args=argv, prog_name="mechkit", standalone_mode=False)
     except MechkitError as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {' '.join(str(err).split())}", err=True)
         sys.exit(2)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+    except usage_errors as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `mechkit` or a bare group: show its help
+            typer.echo(err.ctx.get_help())
+            sys.exit(0)
+        typer.echo(_one_line_usage_error(err), err=True)
+        sys.exit(2)
+    code = code if isinstance(code, int) else 0
+    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
+        typer.echo("aborted", err=True)
+    sys.exit(code)
 
 
 # Feature modules register their commands on `app`.
