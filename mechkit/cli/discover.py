@@ -40,6 +40,48 @@ def save(circuit, out: Path) -> Path | None:
     return save_circuit(circuit, out / "circuit.json")
 
 
+def check_arguments(method: str, edges: str, rule: str, threshold: float | None, ablation: str,
+                    ig_steps: int, tau: float, target: float) -> None:
+    """Refuse a bad method, edge budget, rule, ablation or hyperparameter before any work."""
+    from mechkit.cli._inputs import check_count, check_number
+    from mechkit.discovery import METHODS
+    from mechkit.discovery.api import SELECTING
+    from mechkit.discovery.forward import ABLATIONS
+    from mechkit.discovery.scores import RULES
+    from mechkit.discovery.select import SelectionError, parse_budget
+    from mechkit.errors import did_you_mean
+
+    if method not in METHODS and method not in SELECTING:
+        raise DataError(f"unknown method {method!r}; {did_you_mean(method, [*METHODS, *SELECTING])}")
+    if rule not in RULES:
+        raise SelectionError(f"unknown selection rule {rule!r}: use one of {', '.join(RULES)}")
+    if rule == "threshold" and threshold is None:
+        raise SelectionError("--rule threshold needs --threshold VALUE")
+    check_number(threshold, "--threshold")
+    parse_budget(edges, 1_000_000)
+    if ablation not in ABLATIONS:
+        raise DataError(f"unknown ablation {ablation!r}: use one of {', '.join(ABLATIONS)}")
+    check_count(ig_steps, "--ig-steps")
+    check_number(tau, "--tau", 0)
+    check_number(target, "--target", 0, 1, low_open=True)
+
+
+def clean_baseline_warning(model, pairs, batch: int = 32) -> None:
+    """Warn (stderr) when the mean clean logit difference is negative: the model prefers the
+    wrong answer on the clean prompts, so a circuit for the behaviour means little."""
+    import torch
+
+    from mechkit.cli.patch import warn_negative_baseline
+    from mechkit.metrics import logit_diff
+
+    values = []
+    with torch.no_grad():
+        for i in range(0, len(pairs), batch):
+            part = pairs[i : i + batch]
+            values.append(logit_diff(model(part.clean.to(model.cfg.device)), part).float().cpu())
+    warn_negative_baseline("logit-diff", float(torch.cat(values).mean()))
+
+
 @app.command()
 def discover(
     spec: str = typer.Argument(..., help="organism:NAME, a checkpoint directory, or a cached pretrained name"),
@@ -60,7 +102,27 @@ def discover(
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
 ) -> None:
     """Discover a circuit, print a summary, and save it."""
+    from mechkit.cli._inputs import check_count, check_out_dir
+
+    # every argument and the output folder are checked before the model is loaded
+    if task is None and data is None and spec.startswith("organism:"):
+        task = spec[len("organism:"):]  # an organism's spec implies its task
+    if (task is None) == (data is None):
+        raise DataError("pass exactly one of --task NAME or --data pairs.csv (an organism:NAME spec implies its task)")
+    check_arguments(method, edges, rule, threshold, ablation, ig_steps, tau, target)
+    check_count(n, "--n")
+    if out is not None:
+        check_out_dir(out, files=("circuit.json",))
+    if data is not None:
+        try:
+            from mechkit.patching.data import check_pairs_file
+        except ImportError:
+            check_pairs_file = None
+        if check_pairs_file is not None:
+            check_pairs_file(data)
+
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from mechkit.discovery import IntegrationWarning, discover as run_discover
@@ -70,6 +132,7 @@ def discover(
     with console.status(f"loading {spec}"):
         model = load_model(spec, device=device)
         pairs = load_pairs(model, task, data, n, seed, split)
+    clean_baseline_warning(model, pairs)
     options = {"eap-ig": {"ig_steps": ig_steps}, "eap-ig-activations": {"ig_steps": ig_steps}, "acdc": {"tau": tau}, "oracle": {"target": target}}.get(method, {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", IntegrationWarning)
@@ -84,21 +147,28 @@ def discover(
     table = Table(title=f"mechkit discover {spec}", show_header=False)
     f = circuit.faithfulness[0]
     kept = int(circuit.in_circuit.sum())
+    nonzero = int((circuit.edge_scores != 0).sum())
+    budget = circuit.selection.get("n")
     nodes = [n for n in circuit.nodes if n not in ("embed", "logits")]  # forward order
     rows = [
         ("task", f"{circuit.task.get('name', data)} ({len(pairs)} pairs)"),
         ("method", f"{circuit.method} {circuit.hyperparameters}"),
         ("selection", str(circuit.selection)),
-        ("edges", f"{kept} of {len(circuit.edge_names)} ({100 * kept / max(1, len(circuit.edge_names)):.1f}%)"),
+        ("edges", f"{kept} of {len(circuit.edge_names)} ({100 * kept / max(1, len(circuit.edge_names)):.1f}%); "
+                  f"{nonzero} score non-zero"),
         ("nodes", ", ".join(nodes) if len(nodes) <= 12 else ", ".join(nodes[:12]) + f", ... ({len(nodes)})"),
         ("faithfulness", f"{f.value:.3f} (95% CI {f.ci_low:.3f} .. {f.ci_high:.3f}, {f.ablation})"),
     ]
     order = circuit.edge_scores.abs().argsort(descending=True).tolist()
     top = [circuit.edge_names[i] for i in order if circuit.in_circuit[i]][:5]
     rows.append(("top edges", ", ".join(f"{e} ({float(circuit.edge_scores[circuit.edge_names.index(e)]):+.3g})" for e in top)))
-    rows += [("[yellow]warning", f"[yellow]{message}") for message in unresolved]
+    if isinstance(budget, int) and budget > nonzero:
+        unresolved.append(f"the budget of {budget} edges is more than the {nonzero} edges with a non-zero score: "
+                          "zero-score edges are never selected, so the circuit is smaller than asked")
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, escape(value))
+    for message in unresolved:
+        table.add_row("warning", escape(message), style="yellow")
     console.print(table)
     if out is not None:
         path = save(circuit, out)

@@ -19,6 +19,17 @@ def organism_pairs(spec: str, n: int, seed: int):
     return task(name).generate(n, seed=seed)
 
 
+def warn_negative_baseline(metric: str, clean_value: float | None) -> None:
+    """A clean logit difference below zero: the model prefers the wrong answer on the clean
+    prompts, so patching and circuits measure a behaviour it does not have. Warn on stderr."""
+    if metric in ("logit-diff", "logit_diff") and clean_value is not None and clean_value < 0:
+        typer.echo(
+            f"warning: the clean logit difference is {clean_value:.4g} < 0: the model prefers the wrong answer "
+            "on the clean prompts; check the answer and wrong_answer columns (or correct_idx, incorrect_idx)",
+            err=True,
+        )
+
+
 @app.command()
 def patch(
     spec: str = typer.Argument(..., help="organism:NAME, a checkpoint directory, or a cached pretrained name"),
@@ -37,22 +48,45 @@ def patch(
     """Patch every cell of a sweep, save the result and an offline HTML heatmap, print the top cells."""
     from pathlib import Path
 
+    from mechkit.cli._inputs import check_count, check_number, check_out_dir
+    from mechkit.errors import DataError, HookNameError, did_you_mean
+    from mechkit.patching._engine import check_direction
+    from mechkit.patching._metrics import metric_name
+    from mechkit.patching._sweeps import EVERY, get_sweep
+    from mechkit.patching.data import check_pairs_file
+
+    # every argument and the output folder are checked before the model is loaded
+    methods = ("activation", "attribution")
+    if method not in methods:
+        raise HookNameError(f"unknown method {method!r}; {did_you_mean(method, methods)}")
+    if sweep not in EVERY:
+        get_sweep(sweep)
+    metric_name(metric)
+    check_direction(direction)
+    check_count(top, "--top", 0)
+    check_number(memory_gib, "--memory-gib", 0, low_open=True)
+    out_dir = check_out_dir(out, files=("result.safetensors", "result.json", "heatmap.html"))
+    if data:
+        check_pairs_file(data)
+    else:
+        check_count(n, "--n")
+        if not spec.startswith("organism:"):
+            raise DataError(f"{spec} is not an organism, so it has no task: pass --data pairs.csv")
+
     from rich.console import Console
     from rich.table import Table
 
-    from mechkit.errors import HookNameError, did_you_mean
     from mechkit.models import load_model
     from mechkit.patching import activation_patch, attribution_patch, read_pairs
 
-    methods = {"activation": activation_patch, "attribution": attribution_patch}
-    if method not in methods:
-        raise HookNameError(f"unknown method {method!r}; {did_you_mean(method, methods)}")
     model = load_model(spec, device=device)
     pairs = read_pairs(data, model) if data else organism_pairs(spec, n, seed)
     kwargs = {"progress": None} if method == "activation" else {}
-    result = methods[method](model, pairs, sweep, metric, direction=direction, memory_gib=memory_gib, **kwargs)
-    path = result.save(out)
+    run = activation_patch if method == "activation" else attribution_patch
+    result = run(model, pairs, sweep, metric, direction=direction, memory_gib=memory_gib, **kwargs)
+    path = result.save(out_dir)
     result.heatmap().write_html(Path(path) / "heatmap.html", include_plotlyjs=True)
+    warn_negative_baseline(result.metric, result.clean_value)
 
     ref = result.corrupted_value if direction == "denoising" else result.clean_value
     if method == "attribution":

@@ -30,6 +30,19 @@ def cache_cmd(
     device: str = typer.Option(None),
 ) -> None:
     """Store activations of HOOKs for a token source (each torchrun rank writes its own shards)."""
+    from mechkit.cli._inputs import check_count, check_out_dir
+    from mechkit.errors import DataError, did_you_mean
+    from mechkit.sae.cache import _DTYPES
+    from mechkit.sae.data import check_source
+
+    if dtype not in _DTYPES:
+        raise DataError(f"dtype {dtype!r} not supported; {did_you_mean(dtype, _DTYPES)}")
+    check_count(n, "--n")
+    check_count(batch_size, "--batch-size")
+    check_count(shard_tokens, "--shard-tokens")
+    check_out_dir(out, "OUT")
+    check_source(source)
+
     from mechkit.models import load_model
     from mechkit.sae import ActivationCache, write_cache
     from mechkit.sae.data import load_source
@@ -64,6 +77,7 @@ def train_cmd(
     option: list[str] = typer.Option([], help="extra SAELens config field, KEY=JSON_VALUE; repeatable"),
 ) -> None:
     """Train an SAE with SAELens's SAETrainer on cached activations."""
+    from mechkit.cli._inputs import check_out_dir
     from mechkit.errors import DataError
     from mechkit.sae import TrainConfig, train_sae
 
@@ -74,11 +88,12 @@ def train_cmd(
             raise DataError(f"--option {item!r} is not KEY=VALUE")
         try:
             options[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             options[key] = value
     cfg = TrainConfig(architecture=architecture, expansion=expansion, d_sae=d_sae, k=k, sparsity_coefficient=sparsity,
                       steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device, autocast=autocast,
                       checkpoint_every=checkpoint_every, init=init, options=options)
+    check_out_dir(out, "OUT")
     sae = train_sae(cache, hook, out, cfg)
     typer.echo(f"trained {architecture} SAE d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} -> {out}")
 
@@ -97,6 +112,16 @@ def eval_cmd(
     device: str = typer.Option(None),
 ) -> None:
     """Explained variance, L0, dead features, CE loss recovered and KL with the SAE spliced in."""
+    from mechkit.cli._inputs import check_count, check_out_file
+    from mechkit.sae.data import check_source
+    from mechkit.sae.io import check_sae_dir
+
+    check_count(n, "--n")
+    if json_out:
+        check_out_file(json_out, "--json")
+    check_source(source)
+    check_sae_dir(sae_dir)
+
     from rich.console import Console
 
     from mechkit.models import load_model
@@ -126,7 +151,19 @@ def features_cmd(
     device: str = typer.Option(None),
 ) -> None:
     """List the most active features with their top contexts; optionally write an HTML dashboard."""
+    from mechkit.cli._inputs import check_count, check_out_file
+    from mechkit.sae.data import check_source
+    from mechkit.sae.io import check_sae_dir
+
+    check_count(n, "--n")
+    check_count(top, "--top", 0)
+    if html:
+        check_out_file(html, "--html")
+    check_source(source)
+    check_sae_dir(sae_dir)
+
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from mechkit.models import load_model
@@ -137,13 +174,19 @@ def features_cmd(
     sae = load_sae(sae_dir, device=model.cfg.device)
     data = load_source(model, source, n=n, seed=seed, split=split)
     stats = feature_stats(model, sae, data)
-    table = Table(title=f"top features of {sae_dir}")
-    for col in ("feature", "frequency", "max act", "top context", "top logits"):
-        table.add_column(col)
-    for f in stats.most_frequent(top):
-        table.add_row(
-            stats.node_name(f), f"{stats.frequency[f]:.4f}", f"{stats.max_act[f]:.3g}",
-            stats.context_text(model, f, 0), " ".join(stats.top_logit_tokens(model, f, 5)),
+    features = stats.most_frequent(top)
+    names = [stats.node_name(f) for f in features]
+    table = Table(title=escape(f"top features of {sae_dir}"))
+    # feature ids are never cut; the text columns wrap instead
+    table.add_column("feature", no_wrap=True, min_width=max(map(len, names), default=7))
+    table.add_column("frequency", no_wrap=True)
+    table.add_column("max act", no_wrap=True)
+    table.add_column("top context", overflow="fold")
+    table.add_column("top logits", overflow="fold")
+    for f, name in zip(features, names):
+        table.add_row(  # token text is data, not Rich markup: "[[token]]" must print as is
+            escape(name), f"{stats.frequency[f]:.4f}", f"{stats.max_act[f]:.3g}",
+            escape(stats.context_text(model, f, 0)), escape(" ".join(stats.top_logit_tokens(model, f, 5))),
         )
     Console().print(table)
     if html:

@@ -48,11 +48,24 @@ def _key(scores: Tensor, absolute: bool) -> Tensor:
     return scores.abs() if absolute else scores
 
 
+def nonzero_count(scores: Float[Tensor, " n_edges"]) -> int:
+    """How many edges have a score other than zero (and not NaN): the most any budget selects."""
+    s = scores.detach().cpu()
+    return int(((s != 0) & ~s.isnan()).sum())
+
+
 def topn_mask(scores: Float[Tensor, " n_edges"], n: int, absolute: bool = True) -> Bool[Tensor, " n_edges"]:
-    """The ``n`` highest-scoring edges (by |score| when ``absolute``); ties broken by edge order."""
+    """The ``n`` highest-scoring edges (by |score| when ``absolute``); ties broken by edge order.
+
+    Edges that score exactly zero (or NaN) are never selected: a budget larger than the number
+    of non-zero edges (``nonzero_count``) gives a smaller circuit instead of one padded with
+    edges the method found no effect for."""
     mask = torch.zeros(scores.shape[-1], dtype=torch.bool)
     if n > 0:
-        order = torch.sort(_key(scores, absolute).cpu(), descending=True, stable=True).indices
+        s = scores.detach().cpu()
+        key = _key(s, absolute).nan_to_num(nan=0.0)
+        order = torch.sort(key, descending=True, stable=True).indices
+        order = order[(s[order] != 0) & ~s[order].isnan()]
         mask[order[:n]] = True
     return mask
 
@@ -70,8 +83,10 @@ def threshold_mask(scores: Float[Tensor, " n_edges"], threshold: float, absolute
 def greedy_mask(graph: Graph, scores: Float[Tensor, " n_edges"], n: int, absolute: bool = True) -> Bool[Tensor, " n_edges"]:
     """Grow a circuit backwards from the logits: repeatedly add the best-scoring edge whose
     receiver's node is already in the circuit, until ``n`` edges (EAP-IG's ``apply_greedy``).
-    Every chosen edge lies on a path to the logits."""
-    key = _key(scores, absolute).cpu().tolist()
+    Every chosen edge lies on a path to the logits. Zero-score (and NaN) edges are never chosen."""
+    s = scores.detach().cpu()
+    usable = ((s != 0) & ~s.isnan()).tolist()
+    key = _key(s, absolute).nan_to_num(nan=0.0).tolist()
     src = graph.edge_index[:, 0].tolist()
     dst_node = graph.receiver_fwd[graph.edge_index[:, 1]].tolist()  # -1 = logits
     into: dict[int, list[int]] = {}
@@ -84,6 +99,8 @@ def greedy_mask(graph: Graph, scores: Float[Tensor, " n_edges"], n: int, absolut
     chosen = 0
     while heap and chosen < n:
         _, e = heapq.heappop(heap)
+        if not usable[e]:
+            continue
         mask[e] = True
         chosen += 1
         s = src[e]

@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -37,14 +38,58 @@ from transformer_lens import HookedTransformer
 from mechkit._types import PromptPairs
 from mechkit.errors import ArtifactError, DataError, HookNameError, did_you_mean
 from mechkit.models import check_hook_name, fingerprint
+from mechkit.sae.io import one_line, read_json_file, regular_file, safetensors_shapes
 
 SCHEMA = "mechkit.sae.cache/1"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _LAYER = re.compile(r"blocks\.(\d+)\.")
+# a hook is a folder of the cache and a shard a file in it: plain names only, nothing that climbs out
+_HOOK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.]{0,199}$")
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\.safetensors$")
+MAX_SHARD_TOKENS = 1 << 40
+_HINT = "rerun write_cache (or `mechkit sae cache`) into a new directory"
+
+
+def check_manifest(manifest: Any, where: Path) -> dict:
+    """A manifest read from disk, refused (one line) unless it is a mechkit cache manifest whose
+    hooks and shard files are plain names inside the cache and whose token counts are positive."""
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"cache manifest {where} is a JSON {type(manifest).__name__}, not an object: {_HINT}")
+    if manifest.get("schema") != SCHEMA:
+        raise ArtifactError(f"cache manifest {where} has schema {str(manifest.get('schema'))[:40]!r}, expected {SCHEMA!r}")
+    hooks = manifest.get("hooks")
+    if not isinstance(hooks, list) or not hooks or not all(isinstance(h, str) for h in hooks):
+        raise ArtifactError(f"cache manifest {where} lists no hooks: {_HINT}")
+    for h in hooks:
+        if not _HOOK_NAME.match(h) or ".." in h:
+            raise ArtifactError(f"cache manifest {where}: hook {h[:60]!r} is not a plain hook name (a cache may only "
+                                f"reference files inside its own folder): {_HINT}")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise ArtifactError(f"cache manifest {where} has no shard list: {_HINT}")
+    for s in shards:
+        file = s.get("file") if isinstance(s, dict) else None
+        n = s.get("n_tokens") if isinstance(s, dict) else None
+        if not isinstance(file, str) or not _SHARD_NAME.match(file) or ".." in file:
+            raise ArtifactError(f"cache manifest {where}: shard {str(file)[:60]!r} is not a plain .safetensors file "
+                                f"name (a cache may only reference files inside its own folder): {_HINT}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SHARD_TOKENS:
+            raise ArtifactError(f"cache manifest {where}: shard {file!r} has n_tokens {str(n)[:40]}, not a positive "
+                                f"whole number: {_HINT}")
+    for key in ("next_batch", "n_sequences"):
+        value = manifest.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ArtifactError(f"cache manifest {where}: {key} {str(value)[:40]} is not a whole number >= 0: {_HINT}")
+    if not isinstance(manifest.get("model_fingerprint", ""), str):
+        raise ArtifactError(f"cache manifest {where}: model_fingerprint is not a string: {_HINT}")
+    return manifest
 
 
 def _rank() -> tuple[int, int]:
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise DataError("RANK and WORLD_SIZE must be whole numbers (as torchrun sets them)") from None
     if not 0 <= rank < world:
         raise DataError(f"RANK={rank} is outside WORLD_SIZE={world}: set 0 <= RANK < WORLD_SIZE")
     return rank, world
@@ -121,8 +166,8 @@ def write_cache(
     }
     manifest_path = out / f"manifest-rank{rank:03d}.json"
     manifest = {**settings, "model_name": model.cfg.model_name, "shards": [], "next_batch": 0, "complete": False}
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+    if manifest_path.exists() or manifest_path.is_symlink():
+        old = check_manifest(read_json_file(manifest_path, "cache manifest", _HINT), manifest_path)
         changed = [k for k in settings if old.get(k) != settings[k]]
         if changed:
             raise ArtifactError(
@@ -194,15 +239,21 @@ class ActivationCache:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if not self.path.is_dir():
+            raise ArtifactError(f"no activation cache at {self.path}: write one with write_cache or `mechkit sae cache`")
         manifests = sorted(self.path.glob("manifest-rank*.json"))
         if not manifests:
             raise ArtifactError(f"no activation cache at {self.path}: write one with write_cache or `mechkit sae cache`")
-        self.manifests = [json.loads(m.read_text()) for m in manifests]
-        for m in self.manifests:
-            if m.get("schema") != SCHEMA:
-                raise ArtifactError(f"cache {self.path} has schema {m.get('schema')!r}, expected {SCHEMA!r}")
+        self.manifests = [check_manifest(read_json_file(m, "cache manifest", _HINT), m) for m in manifests]
         self.hooks: list[str] = self.manifests[0]["hooks"]
-        self.model_fingerprint: str = self.manifests[0]["model_fingerprint"]
+        self.model_fingerprint: str = self.manifests[0].get("model_fingerprint", "")
+        for m, where in zip(self.manifests, manifests):
+            if m["hooks"] != self.hooks or m.get("model_fingerprint", "") != self.model_fingerprint:
+                raise ArtifactError(f"cache manifest {where} has other hooks or another model than {manifests[0].name}: "
+                                    f"{_HINT}")
+        for hook in self.hooks:  # every listed shard is there (a regular file: a FIFO would hang a read)
+            for shard in self.shards(hook):
+                regular_file(shard.path, "cache shard", f"the cache is incomplete; {_HINT}")
 
     def shards(self, hook: str) -> list[Shard]:
         if hook not in self.hooks:
@@ -213,17 +264,18 @@ class ActivationCache:
         return sum(s.n_tokens for s in self.shards(hook))
 
     def d(self, hook: str) -> int:
-        shard = self.shards(hook)[0]
-        with safe_open(str(shard.path), "pt") as f:
-            return f.get_slice("acts").get_shape()[1]
+        shards = self.shards(hook)
+        if not shards:
+            raise ArtifactError(f"cache {self.path} holds no shards for {hook!r}: rerun write_cache to finish it")
+        return _check_shard(shards[0])[1]
 
     def load(self, hook: str, max_tokens: int | None = None) -> Float[Tensor, "tokens d"]:
         """All (or the first ``max_tokens``) stored activations of ``hook``, in storage order."""
-        parts, n = [], 0
+        parts, n, d = [], 0, self.d(hook)
         for shard in self.shards(hook):
             if max_tokens is not None and n >= max_tokens:
                 break
-            parts.append(_read(shard))
+            parts.append(_read(shard, d))
             n += shard.n_tokens
         acts = torch.cat(parts).float()
         return acts if max_tokens is None else acts[:max_tokens]
@@ -231,10 +283,12 @@ class ActivationCache:
     def batches(
         self, hook: str, batch_size: int, seed: int = 0, buffer_tokens: int = 262144, start: int = 0
     ) -> Iterator[Float[Tensor, "batch d"]]:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"batch size {batch_size!r} is not a positive whole number")
         shards = self.shards(hook)
         if not shards:
             raise ArtifactError(f"cache {self.path} holds no shards for {hook!r}: rerun write_cache to finish it")
-        total = sum(s.n_tokens for s in shards)
+        total, d = sum(s.n_tokens for s in shards), self.d(hook)
         if total < batch_size:
             raise DataError(f"cache holds {total} tokens of {hook!r}, fewer than one batch of {batch_size}")
         skip, epoch = start, 0
@@ -247,7 +301,7 @@ class ActivationCache:
                 parts, n = ([carry] if carry is not None else []), (0 if carry is None else len(carry))
                 while i < len(order) and n < buffer_tokens:
                     shard = shards[order[i]]
-                    parts.append(_read(shard))
+                    parts.append(_read(shard, d))
                     n += shard.n_tokens
                     i += 1
                 buf = torch.cat(parts)
@@ -262,6 +316,21 @@ class ActivationCache:
             epoch += 1
 
 
-def _read(shard: Shard) -> Tensor:
-    with safe_open(str(shard.path), "pt") as f:
-        return f.get_tensor("acts")
+def _check_shard(shard: Shard, d: int | None = None) -> tuple[int, int]:
+    """(tokens, d) of a shard file, refused unless it holds ``acts`` [n_tokens, d] as its manifest says."""
+    shapes = safetensors_shapes(shard.path, "cache shard", _HINT)
+    dtype, shape = shapes.get("acts", ("", []))
+    if (len(shape) != 2 or shape[0] != shard.n_tokens or shape[1] < 1 or (d is not None and shape[1] != d)
+            or dtype not in ("F32", "F16", "BF16")):
+        raise ArtifactError(f"cache shard {shard.path} holds no float acts [{shard.n_tokens}, d] as its manifest "
+                            f"says (found {dtype or 'nothing'} {shape}): {_HINT}")
+    return shape[0], shape[1]
+
+
+def _read(shard: Shard, d: int | None = None) -> Tensor:
+    _check_shard(shard, d)
+    try:
+        with safe_open(str(shard.path), "pt") as f:
+            return f.get_tensor("acts")
+    except Exception as err:  # a file changed or damaged after the check
+        raise ArtifactError(f"cannot read cache shard {shard.path}: {one_line(err)}") from None

@@ -13,6 +13,7 @@ the previous checkpoint readable.
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mechkit.errors import ArtifactError
+from mechkit.sae.io import one_line, read_json_file, safetensors_shapes
 
 LATEST = "latest.json"
 KEEP = 2
+_DIR_NAME = re.compile(r"^step-\d{8,12}$")  # a checkpoint folder next to latest.json, never a path
+
+
+def _hint(root: Path) -> str:
+    return f"delete {root} to start over, or pass another output directory"
 
 
 def save_checkpoint(trainer: Any, root: Path, step: int, config: dict[str, Any]) -> Path:
@@ -67,22 +74,52 @@ def save_checkpoint(trainer: Any, root: Path, step: int, config: dict[str, Any])
 
 
 def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint folder ``latest.json`` names, None when there is none; a damaged
+    ``latest.json`` or one naming anything but a ``step-N`` folder next to it is refused."""
     latest = root / LATEST
-    if not latest.exists():
+    if not (latest.exists() or latest.is_symlink()):
         return None
-    return root / json.loads(latest.read_text())["dir"]
+    meta = read_json_file(latest, "checkpoint index", _hint(root))
+    name = meta.get("dir") if isinstance(meta, dict) else None
+    step = meta.get("step") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not _DIR_NAME.match(name):
+        raise ArtifactError(f"checkpoint index {latest} names {str(name)[:60]!r}, not a step-N folder next to it "
+                            f"(a checkpoint may only reference its own folder): {_hint(root)}")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ArtifactError(f"checkpoint index {latest} has step {str(step)[:40]}, not a whole number: {_hint(root)}")
+    path = root / name
+    if not path.is_dir():
+        raise ArtifactError(f"checkpoint index {latest} names {name}, which is not a folder in {root}: {_hint(root)}")
+    return path
 
 
 def load_checkpoint(trainer: Any, path: Path, config: dict[str, Any]) -> int:
     """Restore ``trainer`` from ``path`` and return the number of completed steps."""
-    meta = json.loads((path / "state.json").read_text())
+    root = path.parent
+    meta = read_json_file(path / "state.json", "checkpoint state", _hint(root))
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ArtifactError(f"checkpoint state {path / 'state.json'} is not a mechkit checkpoint: {_hint(root)}")
     if meta["config"] != config:
-        diff = sorted(k for k in set(meta["config"]) | set(config) if meta["config"].get(k) != config.get(k))
+        diff = sorted(str(k)[:40] for k in set(meta["config"]) | set(config) if meta["config"].get(k) != config.get(k))
+        shown = ", ".join(diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5 else "")
         raise ArtifactError(
-            f"checkpoint {path} was trained with different {', '.join(diff)}: "
+            f"checkpoint {path} was trained with different {shown}: "
             "use the same settings to resume, or a new output directory"
         )
+    safetensors_shapes(path / "state.safetensors", "checkpoint tensors", _hint(root))
+    try:
+        return _restore(trainer, path, meta)
+    except ArtifactError:
+        raise
+    except Exception as err:  # a state.json or tensors that do not fit this trainer
+        raise ArtifactError(f"checkpoint {path} cannot be restored ({one_line(err, 200)}): {_hint(root)}") from None
+
+
+def _restore(trainer: Any, path: Path, meta: dict[str, Any]) -> int:
     tensors = load_file(str(path / "state.safetensors"))
+    step = meta["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step {str(step)[:40]} is not a whole number")
     device = trainer.cfg.device
     sae_state = {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}
     trainer.sae.load_state_dict(sae_state)
@@ -103,7 +140,7 @@ def load_checkpoint(trainer: Any, path: Path, config: dict[str, Any]) -> int:
     trainer.n_frac_active_samples = meta["n_frac_active_samples"]
     trainer.started_fine_tuning = meta["started_fine_tuning"]
     trainer.n_training_samples = meta["n_training_samples"]
-    trainer.n_training_steps = meta["step"]
+    trainer.n_training_steps = step
     trainer.activation_scaler.scaling_factor = meta["scaling_factor"]
     torch.set_rng_state(tensors["rng.torch"])
-    return meta["step"]
+    return step

@@ -35,7 +35,7 @@ from transformer_lens import HookedTransformer
 from mechkit._types import PromptPairs
 from mechkit.models import check_hook_name
 from mechkit.sae.cache import _as_sequences
-from mechkit.sae.io import sae_hook
+from mechkit.sae.io import check_sae_fits, sae_hook
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ def evaluate_sae(
 ) -> SAEEval:
     """Measure ``sae`` on ``data`` (token rows, or PromptPairs: clean and corrupted prompts)."""
     hook = check_hook_name(model, sae_hook(sae, hook))
+    check_sae_fits(model, sae, hook)
     tokens, lengths = _as_sequences(data)
     answers = torch.cat([data.answer, data.wrong]) if isinstance(data, PromptPairs) else None
     device = model.cfg.device

@@ -30,7 +30,7 @@ from transformer_lens import HookedTransformer
 from mechkit._types import PromptPairs
 from mechkit.models import check_hook_name
 from mechkit.sae.cache import _as_sequences
-from mechkit.sae.io import sae_hook
+from mechkit.sae.io import check_sae_fits, sae_hook
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ def feature_stats(
 ) -> FeatureStats:
     """Run the model on ``data`` and collect ``FeatureStats`` for every feature (two passes)."""
     hook = check_hook_name(model, sae_hook(sae, hook))
+    check_sae_fits(model, sae, hook)
     tokens, lengths = _as_sequences(data)
     device = model.cfg.device
     sae = sae.to(device)

@@ -68,6 +68,32 @@ class TrainConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Refuse (one line) counts and rates no training run can use, before any work."""
+    import math
+
+    def whole(name: str, value: Any, low: int, high: int = 1 << 40) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise DataError(f"{name} {str(value)[:40]} is not a whole number in {low}..{high:,}")
+
+    whole("expansion", cfg.expansion, 1, 1 << 16)
+    if cfg.d_sae is not None:
+        whole("d_sae", cfg.d_sae, 1, 1 << 24)
+    whole("k", cfg.k, 1, 1 << 24)
+    whole("steps", cfg.steps, 1)
+    whole("batch_size", cfg.batch_size, 1, 1 << 30)
+    whole("checkpoint_every", cfg.checkpoint_every, 0)
+    if cfg.dead_feature_window is not None:
+        whole("dead_feature_window", cfg.dead_feature_window, 1)
+    for name in ("lr", "sparsity_coefficient"):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0 or (name == "lr" and value == 0)):
+            raise DataError(f"{name} {value} is not a finite positive number")
+    resolved_init(cfg)
+    return cfg
+
+
 def dead_window(steps: int) -> int:
     """The default dead-feature window for a run of ``steps`` steps: a tenth of the run (at least
     one step), capped at SAELens's default of 1000, so short runs revive dead features too."""
@@ -91,6 +117,8 @@ def build_training_sae(cfg: TrainConfig, d_in: int, metadata: dict[str, Any] | N
         "normalize_activations": cfg.normalize_activations,
     }
     if cfg.architecture in _K_ARCHS:
+        if cfg.k > kwargs["d_sae"]:
+            raise DataError(f"k {cfg.k} is more than the SAE's {kwargs['d_sae']} features: lower k or raise d_sae")
         kwargs["k"] = cfg.k
     if cfg.sparsity_coefficient is not None:
         if cfg.architecture not in _SPARSITY_FIELD:
@@ -101,7 +129,12 @@ def build_training_sae(cfg: TrainConfig, d_in: int, metadata: dict[str, Any] | N
     unknown = sorted(set(kwargs) - valid)
     if unknown:
         raise DataError(f"{cfg.architecture} SAEs have no option {unknown[0]!r}; {did_you_mean(unknown[0], valid)}")
-    sae_cfg = cfg_cls(**kwargs)
+    try:
+        sae_cfg = cfg_cls(**kwargs)
+    except (TypeError, ValueError, KeyError, AssertionError) as err:
+        from mechkit.sae.io import one_line
+
+        raise DataError(f"SAELens refuses this {cfg.architecture} config: {one_line(err, 200)}") from None
     for key, value in (metadata or {}).items():
         sae_cfg.metadata[key] = value
     torch.manual_seed(cfg.seed)
@@ -226,8 +259,11 @@ def train_sae(
     resume: bool = True,
 ) -> TrainingSAE:
     """Train on ``hook``'s cached activations; write the SAE to ``out_dir`` and return it."""
+    check_config(cfg)
     cache = cache if isinstance(cache, ActivationCache) else ActivationCache(cache)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output {out} exists and is not a folder: pass a folder (new or existing)")
     out.mkdir(parents=True, exist_ok=True)
     d_in = cache.d(hook)
     metadata = {

@@ -25,12 +25,13 @@ def fake_data(monkeypatch):
 
 
 def test_discover_command_prints_and_saves(tiny_organism_dir, fake_data, tmp_path):
-    out = tmp_path / "out"
+    out, data = tmp_path / "out", tmp_path / "pairs.csv"
+    data.write_text("clean,corrupted,answer,wrong_answer\nw1 w2,w3 w2,w4,w5\n")  # checked before the model loads
     result = CliRunner().invoke(
-        app, ["discover", "organism:tiny", "--data", "pairs.csv", "--method", "eap-ig", "--edges", "40%", "--out", str(out)]
+        app, ["discover", "organism:tiny", "--data", str(data), "--method", "eap-ig", "--edges", "40%", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
-    assert fake_data["path"] == "pairs.csv"
+    assert fake_data["path"] == str(data)
     assert "faithfulness" in result.output and "95% CI" in result.output
     try:
         from mechkit.artifacts import load_circuit
@@ -48,7 +49,9 @@ def test_discover_command_needs_one_data_source(tiny_organism_dir):
 
     with pytest.raises(DataError, match="exactly one"):
         cli_discover.load_pairs(None, None, None, 8, 0, "test")
-    result = CliRunner().invoke(app, ["discover", "organism:tiny"])
+    result = CliRunner().invoke(app, ["discover", "organism:tiny", "--task", "x", "--data", "y.csv"])
+    assert result.exit_code != 0 and isinstance(result.exception, DataError)
+    result = CliRunner().invoke(app, ["discover", "checkpoint-dir"])  # not an organism: no implied task
     assert result.exit_code != 0 and isinstance(result.exception, DataError)
 
 
