@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from mechkit._types import Circuit, Edge, Node
-from mechkit.artifacts.io import _f32, _read_bounded, from_document, graph_nodes, to_document
+from mechkit.artifacts.io import _f32, _no_duplicates, _read_bounded, from_document, graph_nodes, to_document
 from mechkit.artifacts.schema import CircuitDocument, first_error
 from mechkit.errors import ArtifactError, HookNameError
 
@@ -178,7 +178,7 @@ def from_eap_ig(
         what = f"unknown key {unknown[0]!r}" if unknown else "missing cfg, nodes or edges"
         raise ArtifactError(f"EAP-IG graph: {what}; expected cfg, nodes, edges (and optionally mechkit)")
     _obj(data["cfg"], "cfg")
-    names, scores, keep = [], [], []
+    names, scores, keep, seen = [], [], [], {}
     for eap_name, info in _obj(data["edges"], "edges").items():
         info = _obj(info, f"edges.{eap_name}")
         score, flag = info.get("score"), info.get("in_graph", False)
@@ -188,7 +188,12 @@ def from_eap_ig(
             raise ArtifactError(f"edges.{eap_name}.score: overflows float32")
         if not isinstance(flag, bool):
             raise ArtifactError(f"edges.{eap_name}.in_graph: {flag!r} is not true or false")
-        names.append(edge_from_eap_ig(eap_name))
+        name = edge_from_eap_ig(eap_name)
+        if name in seen:
+            raise ArtifactError(f"edges: {seen[name]!r} and {eap_name!r} are the same edge {name!r}; "
+                                "each edge may appear only once")
+        seen[name] = eap_name
+        names.append(name)
         scores.append(float(score))
         keep.append(flag)
     node_scores = {}
@@ -236,11 +241,13 @@ def from_eap_ig(
 def read_eap_ig(path: str | os.PathLike, **kwargs: Any) -> Circuit:
     """Read an EAP-IG graph JSON file (see :func:`from_eap_ig` for the keyword arguments)."""
     path = Path(path)
-    raw = _read_bounded(path, "EAP-IG graph")
+    raw = _read_bounded(path, "EAP-IG graph", json_text=True)
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise ArtifactError(f"{path.name}: not EAP-IG graph JSON ({str(err).splitlines()[0][:120]})") from None
+        why = str(err).splitlines()[0][:120]
+        fix = "; each key may appear only once in an object" if "appears twice" in why else ""
+        raise ArtifactError(f"{path.name}: not EAP-IG graph JSON ({why}){fix}") from None
     try:
         return from_eap_ig(data, **kwargs)
     except ArtifactError as err:

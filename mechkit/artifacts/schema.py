@@ -67,6 +67,30 @@ def _edge_name(name: str) -> str:
     return name
 
 
+_ORGANISM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def plain_file_name(name: str) -> str:
+    """A file name next to the artifact: no directory part, not ``.`` or ``..``, not absolute."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\x00"):
+        raise ValueError(
+            f"{name[:80]!r} is not a plain file name: a shared artifact may only reference a file next to it "
+            "(no '/', no '..', not absolute) or name a registered task; copy the file next to the artifact "
+            "and record its name"
+        )
+    return name
+
+
+def model_spec(spec: str) -> str:
+    """``organism:NAME`` must name an organism, not a path (``organism:../../x`` is refused)."""
+    if spec.startswith("organism:") and not _ORGANISM_NAME.fullmatch(spec[len("organism:"):]):
+        raise ValueError(
+            f"{spec[:80]!r}: an organism is named by a plain name (letters, digits, '_', '.', '-'), not a path; "
+            "a shared artifact may only name a shipped organism, a checkpoint or a pretrained model"
+        )
+    return spec
+
+
 def _iso_time(s: str) -> str:
     if s:
         try:
@@ -110,7 +134,7 @@ class _Strict(BaseModel):
 class ModelInfo(_Strict):
     """Which weights the circuit was found in."""
 
-    spec: Annotated[str, Field(min_length=1, max_length=MAX_TEXT)] = Field(
+    spec: Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(model_spec)] = Field(
         description="load_model spec: organism:NAME, a checkpoint directory or a pretrained name"
     )
     fingerprint: Annotated[str, Field(pattern=r"^(sha256:[0-9a-f]{64})?$")] = Field(
@@ -126,7 +150,9 @@ class TaskInfo(_Strict):
     seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
     n: Annotated[int, Field(ge=0)] | None = Field(default=None, description="number of prompts")
     split: Annotated[str, Field(max_length=64)] | None = None
-    source: Text | None = Field(default=None, description="path of a user prompt file (mechkit.patching.read_pairs)")
+    source: Annotated[Text, AfterValidator(plain_file_name)] | None = Field(
+        default=None, description="path of a user prompt file (mechkit.patching.read_pairs)"
+    )
     source_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = Field(
         default=None, description="sha256 of that file, checked by verify when present"
     )

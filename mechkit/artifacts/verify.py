@@ -7,7 +7,8 @@
 Steps: load the artifact; load the model from its spec (:func:`mechkit.load_model`) and compare
 its fingerprint with the recorded one (a mismatch fails unless ``allow_fingerprint_mismatch``);
 regenerate the prompts from the task spec (:func:`mechkit.organisms.regenerate`, or
-:func:`mechkit.patching.read_pairs` when the task names a ``source`` prompt file); re-evaluate
+:func:`mechkit.patching.read_pairs` when the task names a ``source`` prompt file, which must lie
+next to the artifact); re-evaluate
 each recorded faithfulness with its ablation (:func:`mechkit.discovery.evaluate`) and pass when
 every value is within ``tolerance`` (absolute) of the recorded one.
 
@@ -23,7 +24,8 @@ from typing import Any
 
 from mechkit._types import Circuit, Faithfulness, PromptPairs
 from mechkit.artifacts.io import load_circuit
-from mechkit.errors import MechkitError
+from mechkit.artifacts.schema import model_spec
+from mechkit.errors import ArtifactError, MechkitError
 
 DEFAULT_TOLERANCE = 0.02
 
@@ -98,7 +100,9 @@ def verify_circuit(
     fingerprint: Callable[[Any], str] | None = None,
 ) -> VerifyResult:
     """Re-evaluate the artifact at ``path`` (see the module docstring). Never raises for a
-    mismatch: the result says what failed. A corrupted artifact raises ArtifactError."""
+    mismatch: the result says what failed. A corrupted or hostile artifact (one that is not a
+    regular file, references files outside its directory or names an organism by path) raises
+    ArtifactError."""
     circuit = load_circuit(path)
     if not circuit.faithfulness:
         return VerifyResult(str(path), False, tolerance, circuit.model_fingerprint, "",
@@ -112,21 +116,32 @@ def verify_circuit(
                    load_model, regenerate, evaluate, fingerprint, own_regenerate)
 
 
+MAX_PROMPT_FILE_BYTES = 1 << 30
+
+
 def _read_source(artifact: Path, task: dict[str, Any], model: Any) -> PromptPairs:
-    """A user prompt file named by ``task["source"]``: as given, else next to the artifact."""
+    """The user prompt file named by ``task["source"]``: a plain file name, read next to the
+    artifact only (a shared artifact may not point anywhere else), checked against
+    ``source_sha256`` when recorded."""
     import hashlib
 
+    from mechkit.artifacts.io import _read_bounded, beside
     from mechkit.errors import DataError
     from mechkit.patching import read_pairs
 
-    source = Path(task["source"])
-    if not source.is_absolute() and not source.exists():
-        source = artifact.parent / source
-    if not source.is_file():
-        raise DataError(f"prompt file {task['source']!r} not found (as given or next to the artifact)")
+    name = str(task["source"])
+    try:
+        source = beside(artifact, name, "task.source")
+        if not os.path.lexists(source):
+            raise DataError(f"prompt file {name!r} not found next to the artifact (in {artifact.parent}): "
+                            "keep the prompt file beside the circuit artifact")
+        data = _read_bounded(source, "prompt file", limit=MAX_PROMPT_FILE_BYTES)
+    except ArtifactError as err:
+        raise DataError(str(err)) from None
     recorded = task.get("source_sha256")
-    if recorded and hashlib.sha256(source.read_bytes()).hexdigest() != recorded:
+    if recorded and hashlib.sha256(data).hexdigest() != recorded:
         raise DataError(f"{source} changed since the circuit was measured (sha256 differs from source_sha256)")
+    del data
     return read_pairs(source, model)
 
 
@@ -136,6 +151,10 @@ def _verify(path: Path, circuit: Circuit, tolerance: float, allow_mismatch: bool
     def fail(reason: str, actual: str = "", checks: tuple[Check, ...] = ()) -> VerifyResult:
         return VerifyResult(str(path), False, tolerance, circuit.model_fingerprint, actual, checks, reason)
 
+    try:
+        model_spec(circuit.model_spec)  # organism:../../x: refused before anything is read
+    except ValueError as err:
+        raise ArtifactError(f"{path.name}: model.spec: {err}") from None
     try:
         model = load_model(circuit.model_spec, device=device)
     except MechkitError as err:

@@ -7,6 +7,13 @@ import typer
 from mechkit.cli import app
 
 
+def _one_line(err: Exception, path: Path) -> str:
+    msg = " ".join(str(err).split())
+    if str(path) not in msg and not msg.startswith(path.name):
+        msg = f"{path}: {msg}"
+    return f"error: {msg}"
+
+
 @app.command()
 def verify(
     files: list[Path] = typer.Argument(..., help="circuit artifacts (*.circuit.json)"),
@@ -16,21 +23,53 @@ def verify(
     ),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
 ) -> None:
-    """Reload each circuit's model and task, re-measure its faithfulness, compare with the record."""
-    from mechkit.artifacts.verify import verify_circuit
+    """Reload each circuit's model and task, re-measure its faithfulness, compare with the record.
 
-    failed = 0
+    Every file is checked, even after one fails. A file that cannot be read or is refused
+    (corrupted, hostile, not a regular file) counts as failed and is reported as one 'error:'
+    line on stderr. Exit status: 0 every circuit verified; 1 at least one circuit was re-measured
+    and failed its checks; 2 every problem was bad input (only unreadable or refused files).
+    """
+    from mechkit.artifacts.verify import verify_circuit
+    from mechkit.errors import MechkitError
+
+    if tolerance != tolerance or tolerance < 0:
+        from mechkit.errors import ArtifactError
+
+        raise ArtifactError(f"--tolerance {tolerance}: must be a number of at least 0")
+    passed = failed = unreadable = 0
     for path in files:
-        result = verify_circuit(
-            path, tolerance=tolerance, allow_fingerprint_mismatch=allow_fingerprint_mismatch, device=device
-        )
+        try:
+            result = verify_circuit(
+                path, tolerance=tolerance, allow_fingerprint_mismatch=allow_fingerprint_mismatch, device=device
+            )
+        except MechkitError as err:
+            unreadable += 1
+            typer.echo(_one_line(err, path), err=True)
+            continue
         for line in result.lines():
             typer.echo(line)
+        passed += result.passed
         failed += not result.passed
     if len(files) > 1:
-        typer.echo(f"{len(files) - failed} of {len(files)} circuits verified")
+        typer.echo(f"{passed} of {len(files)} circuits verified"
+                   + (f" ({unreadable} could not be read)" if unreadable else ""))
     if failed:
         raise typer.Exit(1)
+    if unreadable:
+        raise typer.Exit(2)
+
+
+def _output_file(path: Path, option: str) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    from mechkit.errors import ArtifactError
+
+    if path.is_dir():
+        raise ArtifactError(f"{option} {path} is a directory: give a file name")
+    if not path.parent.is_dir():
+        raise ArtifactError(f"{option} {path}: directory {path.parent} does not exist; create it first")
+    if path.exists() and not path.is_file():
+        raise ArtifactError(f"{option} {path} exists and is not a regular file: give another file name")
 
 
 @app.command()
@@ -42,6 +81,7 @@ def show(
     from mechkit.artifacts import load_circuit
     from mechkit.viewer import write_html
 
+    _output_file(html, "--html")
     circuit = load_circuit(file)
     write_html(circuit, html)
     typer.echo(f"wrote {html} ({int(circuit.in_circuit.sum())} of {len(circuit.edge_names)} edges in circuit)")
@@ -71,6 +111,14 @@ def export(
     from mechkit.artifacts.interchange import write_eap_ig, write_mib
     from mechkit.errors import ArtifactError
 
+    if to not in ("eap-ig", "mib"):
+        raise ArtifactError(f"unknown export format {to!r}: use eap-ig or mib")
+    if to == "eap-ig":
+        _output_file(out, "--out")
+    elif out.exists() and not out.is_dir():
+        raise ArtifactError(f"--out {out} is not a directory: MIB submissions are written into a folder")
+    elif not out.parent.is_dir():
+        raise ArtifactError(f"--out {out}: directory {out.parent} does not exist; create it first")
     circuit = load_circuit(file)
     cfg = _model_cfg(circuit.model_spec, d_model)
     if to == "eap-ig":
@@ -97,11 +145,14 @@ def import_(
     from mechkit.artifacts import save_circuit
     from mechkit.artifacts.interchange import read_eap_ig
 
-    if model is not None and fingerprint is None:
+    _output_file(out, "--out")
+    circuit = read_eap_ig(file, model_spec=model, model_fingerprint=fingerprint if fingerprint is not None else (
+        "" if model is not None else None), task={"name": task} if task else None, method=method)
+    if model is not None and fingerprint is None:  # the file is read and checked before the model loads
+        import dataclasses
+
         from mechkit.models import fingerprint as fp, load_model
 
-        fingerprint = fp(load_model(model, device="cpu"))
-    circuit = read_eap_ig(file, model_spec=model, model_fingerprint=fingerprint,
-                          task={"name": task} if task else None, method=method)
+        circuit = dataclasses.replace(circuit, model_fingerprint=fp(load_model(model, device="cpu")))
     save_circuit(circuit, out)
     typer.echo(f"wrote {out} ({int(circuit.in_circuit.sum())} of {len(circuit.edge_names)} edges in circuit)")

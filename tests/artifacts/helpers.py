@@ -1,5 +1,8 @@
 """Circuits for artifact tests: full EAP-IG-style graphs with seeded random scores."""
 
+import json
+from pathlib import Path
+
 import torch
 
 from mechkit._types import Circuit, Faithfulness
@@ -53,3 +56,8 @@ def assert_same(a: Circuit, b: Circuit) -> None:
     assert a.edge_scores.dtype == b.edge_scores.dtype == torch.float32
     assert torch.equal(a.edge_scores, b.edge_scores)
     assert torch.equal(a.in_circuit.bool(), b.in_circuit.bool())
+
+
+def sidecar_of(path: Path) -> Path:
+    """The sidecar file an artifact names (``edges.sidecar.file``)."""
+    return path.parent / json.loads(path.read_text())["edges"]["sidecar"]["file"]

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from mechkit.artifacts import load_circuit, save_circuit
 from mechkit.artifacts.interchange import from_eap_ig, to_eap_ig
 from mechkit.errors import ArtifactError
-from tests.artifacts.helpers import assert_same, make_circuit
+from tests.artifacts.helpers import assert_same, make_circuit, sidecar_of
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 WORK = Path(tempfile.mkdtemp(prefix="mechkit-fuzz-"))
@@ -172,11 +172,11 @@ def test_sidecar_documents(path, value):
 def test_sidecar_bytes(blob, cut):
     import hashlib
 
-    good = (WORK / "side.scores.safetensors").read_bytes()
+    good = sidecar_of(SIDE_PATH).read_bytes()
     corrupt = good[: cut % (len(good) + 1)] + blob
     work = WORK / "sc"
     work.mkdir(exist_ok=True)
-    (work / "side.scores.safetensors").write_bytes(corrupt)
+    (work / sidecar_of(SIDE_PATH).name).write_bytes(corrupt)
     doc = json.loads(SIDE_TEXT)
     doc["edges"]["sidecar"]["sha256"] = hashlib.sha256(corrupt).hexdigest()  # a consistent but hostile sidecar
     (work / "side.circuit.json").write_text(json.dumps(doc))

@@ -12,7 +12,7 @@ from mechkit.artifacts import load_circuit, save_circuit
 from mechkit.artifacts import io as aio
 from mechkit.artifacts.schema import SIDECAR_THRESHOLD
 from mechkit.errors import ArtifactError
-from tests.artifacts.helpers import assert_same, graph_edges, make_circuit
+from tests.artifacts.helpers import assert_same, graph_edges, make_circuit, sidecar_of
 
 
 def test_round_trip_inline(tmp_path):
@@ -21,7 +21,7 @@ def test_round_trip_inline(tmp_path):
     back = load_circuit(path)
     assert_same(c, back)
     assert back.nodes == c.nodes and back.edges == c.edges
-    assert not (tmp_path / "a.scores.safetensors").exists()
+    assert not list(tmp_path.glob("*.safetensors"))
     doc = json.loads(path.read_text())
     assert list(doc)[:4] == ["schema", "mechkit_version", "created", "model"]
     assert doc["edges"]["count"] == len(c.edge_names) and "items" in doc["edges"]
@@ -50,8 +50,8 @@ def test_sidecar_above_threshold(tmp_path):
     c = make_circuit(n_layers=8, n_heads=8, n_keep=40)
     assert len(c.edge_names) > SIDECAR_THRESHOLD
     path = save_circuit(c, tmp_path / "big.circuit.json")
-    side = tmp_path / "big.scores.safetensors"
-    assert side.is_file()
+    side = sidecar_of(path)
+    assert side.is_file() and side.name.startswith("big.circuit.json.")
     doc = json.loads(path.read_text())
     import hashlib
 
@@ -62,7 +62,7 @@ def test_sidecar_above_threshold(tmp_path):
 def test_sidecar_tampering_is_detected(tmp_path):
     c = make_circuit()
     path = save_circuit(c, tmp_path / "s.circuit.json", sidecar=True)
-    side = tmp_path / "s.scores.safetensors"
+    side = sidecar_of(path)
     data = bytearray(side.read_bytes())
     data[-1] ^= 0xFF
     side.write_bytes(bytes(data))
@@ -79,7 +79,7 @@ def test_sidecar_with_wrong_tensors_is_rejected(tmp_path):
     c = make_circuit()
     path = save_circuit(c, tmp_path / "s.circuit.json", sidecar=True)
     blob = save({"scores": torch.zeros(3)})
-    (tmp_path / "s.scores.safetensors").write_bytes(blob)
+    sidecar_of(path).write_bytes(blob)
     doc = json.loads(path.read_text())
     import hashlib
 
@@ -102,7 +102,7 @@ def test_switching_back_to_inline_removes_stale_sidecar(tmp_path):
     c = make_circuit()
     save_circuit(c, tmp_path / "s.circuit.json", sidecar=True)
     save_circuit(c, tmp_path / "s.circuit.json")
-    assert not (tmp_path / "s.scores.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.circuit.json"]
     assert_same(c, load_circuit(tmp_path / "s.circuit.json"))
 
 
@@ -324,7 +324,7 @@ def test_saved_files_get_normal_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
-    assert (tmp_path / "p.scores.safetensors").stat().st_mode & 0o777 == 0o644
+    assert sidecar_of(path).stat().st_mode & 0o777 == 0o644
     path.chmod(0o600)
     save_circuit(make_circuit(seed=2), path)
     assert path.stat().st_mode & 0o777 == 0o600  # an existing file keeps its mode
