@@ -16,8 +16,8 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from mechkit.organisms._vocab import BOS, mix_hash, random_perm_rows
-from mechkit.organisms.tasks import Task, register
+from mechkit.tasks._vocab import BOS, mix_hash, random_perm_rows
+from mechkit.tasks import Task, register
 
 NAMES = ("bob", "alice", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar")
 SECRETS = ("debt", "affair", "crime", "bribe", "theft", "leak", "lie", "fraud", "gambling", "forgery", "smuggling", "perjury")

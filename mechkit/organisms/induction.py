@@ -17,8 +17,8 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from mechkit.organisms._vocab import BOS, SPECIALS, mix_hash, random_perm_rows
-from mechkit.organisms.tasks import Task, register
+from mechkit.tasks._vocab import BOS, SPECIALS, mix_hash, random_perm_rows
+from mechkit.tasks import Task, register
 
 
 @register("induction", "wired-induction")

@@ -19,8 +19,8 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from mechkit.organisms._vocab import BOS, mix_hash
-from mechkit.organisms.tasks import Task, register
+from mechkit.tasks._vocab import BOS, mix_hash
+from mechkit.tasks import Task, register
 
 _E_HEAD = ("zor", "vel", "mar", "quil", "tav", "dro", "kel", "bran")
 _E_TAIL = ("ia", "an", "ost")
