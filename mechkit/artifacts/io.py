@@ -31,6 +31,7 @@ import os
 import re
 import stat
 import tempfile
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -409,12 +410,12 @@ FAST_MESSAGE_EDGES = 100_000  # above this many edges a bad edge is reported by 
 
 class _Rows:
     """Inline edge records (``{"name": str, "score": number, "in_circuit": bool}``, keys in that
-    order) collected as three columns while JSON is parsed; each record becomes ``_EDGE_ROW``."""
+    order) collected as three compact columns while JSON is parsed; each record becomes ``_EDGE_ROW``."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
-        self.scores: list[float] = []
-        self.flags: list[bool] = []
+        self.scores = array("d")
+        self.flags = bytearray()
 
     def hook(self) -> Callable[[list[tuple[str, Any]]], Any]:
         add_name, add_score, add_flag = self.names.append, self.scores.append, self.flags.append
@@ -424,10 +425,14 @@ class _Rows:
                 (k0, v0), (k1, v1), (k2, v2) = pairs
                 if (k0 == "name" and k1 == "score" and k2 == "in_circuit" and type(v0) is str
                         and type(v2) is bool and (type(v1) is float or type(v1) is int)):
-                    add_name(v0)
-                    add_score(v1)
-                    add_flag(v2)
-                    return _EDGE_ROW
+                    try:
+                        add_score(v1)
+                    except OverflowError:  # an integer beyond float range: left for the schema to reject
+                        pass
+                    else:
+                        add_name(v0)
+                        add_flag(v2)
+                        return _EDGE_ROW
             out = dict(pairs)
             if len(out) != len(pairs):
                 seen: set[str] = set()
@@ -444,7 +449,7 @@ class _Rows:
         def walk(v: Any) -> Any:
             if v is _EDGE_ROW:
                 name, score, flag = next(rows)
-                return {"name": name, "score": score, "in_circuit": flag}
+                return {"name": name, "score": score, "in_circuit": bool(flag)}
             if isinstance(v, dict):
                 return {k: walk(x) for k, x in v.items()}
             if isinstance(v, list):
@@ -480,11 +485,14 @@ def _check_depth(value: Any, skip: tuple[Any, ...] = ()) -> None:
             stack.extend((x, depth + 1) for x in v)
 
 
-def _parse_json(data: bytes | bytearray, where: str, rows: _Rows) -> dict[str, Any]:
+def _decode(data: bytes | bytearray, where: str) -> str:
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ArtifactError(f"{where}: not UTF-8 text (byte {err.start}): a binary or corrupted file") from None
+
+
+def _parse_json(text: str, where: str, rows: _Rows) -> dict[str, Any]:
     try:
         raw = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=rows.hook())
     except json.JSONDecodeError as err:
@@ -516,7 +524,7 @@ def _validate(raw: dict[str, Any], where: str) -> CircuitDocument:
 def parse_document(data: bytes, where: str = "artifact") -> CircuitDocument:
     """Bytes of a JSON artifact to a validated document; every failure is an ArtifactError."""
     rows = _Rows()
-    raw = _parse_json(data, where, rows)
+    raw = _parse_json(_decode(data, where), where, rows)
     try:
         _check_depth(raw)
     except ArtifactError as err:
@@ -532,7 +540,7 @@ class _EdgeColumns:
     count: int
     n_in_circuit: int
     scores: np.ndarray | None = None  # float32, inline layout
-    flags: list[bool] | None = None  # inline layout
+    flags: bytearray | None = None  # inline layout, 0/1
     sidecar: Sidecar | None = None
 
 
@@ -596,7 +604,7 @@ def _check_edge_names(names: list[str], known: set[str], field: str) -> None:
         raise _Invalid("edges: an edge is listed twice")
 
 
-def _endpoints(names: list[str], flags: list[bool]) -> set[str]:
+def _endpoints(names: list[str], flags: bytes | bytearray) -> set[str]:
     """Nodes touched by the flagged edges (names already checked)."""
     parts = list(map(str.partition, compress(names, flags), repeat("->")))
     out = set(map(itemgetter(0), parts))
@@ -622,10 +630,7 @@ def _fast_edges(edges: dict[str, Any], rows: _Rows, known: set[str]) -> _EdgeCol
         names, field = rows.names, "edges.items"
         if len(names) > MAX_EDGES:
             raise _Invalid(f"edges.items: more than {MAX_EDGES:,} edges")
-        try:
-            scores = np.array(rows.scores, dtype=np.float64)
-        except OverflowError:
-            scores = np.array([float("inf")])
+        scores = np.frombuffer(rows.scores, dtype=np.float64)
         bad = ~(np.abs(scores) <= FLOAT32_MAX)
         if bad.any():
             raise _Invalid(f"edges.items.{int(bad.argmax())}.score: score overflows float32 (|score| must be below 3.4e38)")
@@ -647,11 +652,12 @@ def _fast_edges(edges: dict[str, Any], rows: _Rows, known: set[str]) -> _EdgeCol
     return _EdgeColumns(names, count, n_in, None if scores is None else scores.astype(np.float32), flags, sidecar)
 
 
-def _parse(data: bytes | bytearray, where: str) -> tuple[CircuitDocument, _EdgeColumns | None]:
-    """Like :func:`parse_document`, but the edges of a well-formed artifact come back as columns
-    (fast and lean for millions of edges); the document's own ``edges`` is then a stub."""
+def _parse(text: str, where: str) -> tuple[CircuitDocument, _EdgeColumns | None]:
+    """Like :func:`parse_document` (on decoded text), but the edges of a well-formed artifact come
+    back as columns (fast and lean for millions of edges); the document's own ``edges`` is then a stub."""
     rows = _Rows()
-    raw = _parse_json(data, where, rows)
+    raw = _parse_json(text, where, rows)
+    del text
     edges = raw.get("edges")
     items = edges.get("items") if isinstance(edges, dict) else None
     names = edges.get("names") if isinstance(edges, dict) else None
@@ -764,17 +770,18 @@ def from_document(doc: CircuitDocument, path: Path | None = None) -> Circuit:
 def _from_columns(doc: CircuitDocument, edges: _EdgeColumns, path: Path) -> Circuit:
     if edges.sidecar is None:
         scores, flags = torch.from_numpy(edges.scores), edges.flags
-        keep = torch.tensor(flags, dtype=torch.bool) if flags else torch.zeros(0, dtype=torch.bool)
+        keep = torch.from_numpy(np.frombuffer(flags, dtype=np.uint8).astype(bool))
     else:
         scores, keep = _load_sidecar(path, edges.sidecar, edges.count, edges.n_in_circuit)
-        flags = keep.tolist()
+        flags = keep.numpy().view(np.uint8).tobytes()
     return _make_circuit(doc, tuple(edges.names), scores, keep, _endpoints(edges.names, flags))
 
 
 def load_circuit(path: str | os.PathLike) -> Circuit:
     """Read a circuit artifact written by :func:`save_circuit` (or by hand, following the schema)."""
     path = Path(path)
-    doc, edges = _parse(_read_bounded(path, "circuit artifact", json_text=True), path.name)
+    # no reference to the bytes or the text is kept here: each is freed as soon as it is used up
+    doc, edges = _parse(_decode(_read_bounded(path, "circuit artifact", json_text=True), path.name), path.name)
     try:
         return from_document(doc, path) if edges is None else _from_columns(doc, edges, path)
     except ArtifactError as err:

@@ -127,7 +127,6 @@ def _read_source(artifact: Path, task: dict[str, Any], model: Any) -> PromptPair
 
     from mechkit.artifacts.io import _read_bounded, beside
     from mechkit.errors import DataError
-    from mechkit.patching import read_pairs
 
     name = str(task["source"])
     try:
@@ -142,6 +141,8 @@ def _read_source(artifact: Path, task: dict[str, Any], model: Any) -> PromptPair
     if recorded and hashlib.sha256(data).hexdigest() != recorded:
         raise DataError(f"{source} changed since the circuit was measured (sha256 differs from source_sha256)")
     del data
+    from mechkit.patching import read_pairs
+
     return read_pairs(source, model)
 
 
