@@ -6,7 +6,8 @@
 
 Steps: load the artifact; load the model from its spec (:func:`mechkit.load_model`) and compare
 its fingerprint with the recorded one (a mismatch fails unless ``allow_fingerprint_mismatch``);
-regenerate the prompts from the task spec (:func:`mechkit.organisms.regenerate`, or
+regenerate the prompts from the task spec (:func:`mechkit.tasks.regenerate`, given the model for
+tasks built with its tokenizer, or
 :func:`mechkit.patching.read_pairs` when the task names a ``source`` prompt file, which must lie
 next to the artifact); re-evaluate
 each recorded faithfulness with its ablation (:func:`mechkit.discovery.evaluate`) and pass when
@@ -83,7 +84,7 @@ class VerifyResult:
 def _defaults() -> tuple[Callable, Callable, Callable, Callable]:
     from mechkit.discovery.evaluate import evaluate
     from mechkit.models import fingerprint, load_model
-    from mechkit.organisms import regenerate
+    from mechkit.tasks import regenerate
 
     return load_model, regenerate, evaluate, fingerprint
 
@@ -146,6 +147,13 @@ def _read_source(artifact: Path, task: dict[str, Any], model: Any) -> PromptPair
     return read_pairs(source, model)
 
 
+def _regenerate(regenerate: Callable, task: dict[str, Any], model: Any) -> PromptPairs:
+    """Tasks built with a model's tokenizer (``ioi``, ...) regenerate with the model; others without."""
+    from mechkit.tasks import needs_model
+
+    return regenerate(task, model) if needs_model(str(task.get("name"))) else regenerate(task)
+
+
 def _verify(path: Path, circuit: Circuit, tolerance: float, allow_mismatch: bool, device: str | None,
             load_model: Callable, regenerate: Callable, evaluate: Callable, fingerprint: Callable,
             own_regenerate: bool) -> VerifyResult:
@@ -173,7 +181,7 @@ def _verify(path: Path, circuit: Circuit, tolerance: float, allow_mismatch: bool
         return fail("the artifact records no task name: nothing to regenerate prompts from", actual)
     else:
         try:
-            pairs = regenerate(dict(circuit.task))
+            pairs = _regenerate(regenerate, dict(circuit.task), model)
         except MechkitError as err:
             return fail(f"cannot regenerate the task prompts: {err}", actual)
     device_ = getattr(getattr(model, "cfg", None), "device", None)

@@ -19,10 +19,10 @@ def load_pairs(model, task: str | None, data: Path | None, n: int, seed: int, sp
         raise DataError("pass exactly one of --task NAME or --data pairs.csv")
     if task is not None:
         try:
-            from mechkit.organisms import task as get_task
+            from mechkit.tasks import task as get_task
         except ImportError:
-            raise MissingFeatureError("--task needs mechkit.organisms, which this installation lacks: use --data") from None
-        return get_task(task).generate(n, seed=seed, split=split)
+            raise MissingFeatureError("--task needs mechkit.tasks, which this installation lacks: use --data") from None
+        return get_task(task).generate(n, seed=seed, split=split, model=model)  # real-model tasks read its tokenizer
     try:
         from mechkit.patching import read_pairs
     except ImportError:

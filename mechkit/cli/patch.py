@@ -5,18 +5,19 @@ import typer
 from mechkit.cli import app
 
 
-def organism_pairs(spec: str, n: int, seed: int):
-    """The organism's own task prompts, for ``organism:NAME`` specs."""
+def organism_pairs(spec: str, n: int, seed: int, task_name: str | None = None, model=None):
+    """Prompts of task ``task_name`` (:mod:`mechkit.tasks`, made with ``model``'s tokenizer for
+    real-model tasks), or else the organism's own task for ``organism:NAME`` specs."""
     from mechkit.errors import DataError
 
-    name = spec.split(":", 1)[1] if spec.startswith("organism:") else None
+    name = task_name or (spec.split(":", 1)[1] if spec.startswith("organism:") else None)
     if name is None:
-        raise DataError(f"{spec} is not an organism, so it has no task: pass --data pairs.csv")
+        raise DataError(f"{spec} is not an organism, so it has no task: pass --task NAME or --data pairs.csv")
     try:
-        from mechkit.organisms import task
+        from mechkit.tasks import task
     except ImportError:
-        raise DataError("mechkit.organisms is not available here: pass --data pairs.csv") from None
-    return task(name).generate(n, seed=seed)
+        raise DataError("mechkit.tasks is not available here: pass --data pairs.csv") from None
+    return task(name).generate(n, seed=seed, model=model)
 
 
 def warn_negative_baseline(metric: str, clean_value: float | None) -> None:
@@ -35,6 +36,7 @@ def patch(
     spec: str = typer.Argument(..., help="organism:NAME, a checkpoint directory, or a cached pretrained name"),
     sweep: str = typer.Option("head-out-by-pos", help="Sweep name, e.g. resid-pre, head-out-by-pos, block-every"),
     data: str = typer.Option(None, help="CSV/JSONL of prompt pairs (default: the organism's own task)"),
+    task: str = typer.Option(None, help="Task to generate prompts from (mechkit.tasks), e.g. ioi"),
     direction: str = typer.Option("denoising", help="denoising (corrupted run, clean patches) or noising"),
     metric: str = typer.Option("logit-diff", help="logit-diff, normalized-logit-diff, kl or answer-prob"),
     method: str = typer.Option("activation", help="activation (exact) or attribution (first-order)"),
@@ -70,8 +72,8 @@ def patch(
         check_pairs_file(data)
     else:
         check_count(n, "--n")
-        if not spec.startswith("organism:"):
-            raise DataError(f"{spec} is not an organism, so it has no task: pass --data pairs.csv")
+        if task is None and not spec.startswith("organism:"):
+            raise DataError(f"{spec} is not an organism, so it has no task: pass --task NAME or --data pairs.csv")
 
     from rich.console import Console
     from rich.table import Table
@@ -80,7 +82,7 @@ def patch(
     from mechkit.patching import activation_patch, attribution_patch, read_pairs
 
     model = load_model(spec, device=device)
-    pairs = read_pairs(data, model) if data else organism_pairs(spec, n, seed)
+    pairs = read_pairs(data, model) if data else organism_pairs(spec, n, seed, task, model)
     kwargs = {"progress": None} if method == "activation" else {}
     run = activation_patch if method == "activation" else attribution_patch
     result = run(model, pairs, sweep, metric, direction=direction, memory_gib=memory_gib, **kwargs)

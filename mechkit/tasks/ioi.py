@@ -16,8 +16,10 @@ Corruptions (``corruption`` parameter; ``ioi-s2-flip`` is ``ioi`` with ``corrupt
   changes sign.
 
 Templates differ in length, so rows are right-padded and ``answer_pos`` is each row's last
-token; ``templates=[k, ...]`` restricts them (one template: every row the same length, token
-positions aligned for by-position patching). The split key is the (IO, S) pair of names.
+token; ``templates=[k, ...]`` picks them by index into ``TEMPLATES`` (one template: every row
+the same length, token positions aligned for by-position patching). The default leaves out the
+last one ("Friends A and B found ..."), which SmolLM2-135M answers at chance (3 of 6) while it
+gets the other 14 right. The split key is the (IO, S) pair of names.
 """
 
 import random
@@ -59,7 +61,7 @@ CORRUPTIONS = ("abc", "s2-flip")
 
 @register("ioi")
 class IOITask(ModelTask):
-    defaults = {"corruption": "abc", "templates": None}
+    defaults = {"corruption": "abc", "templates": list(range(len(TEMPLATES) - 1))}
 
     def _words(self, source: TokenSource, words: tuple[str, ...], what: str) -> list[tuple[str, int]]:
         kept = [(w, i) for w in words if (i := source.single_token(" " + w)) is not None]
@@ -69,8 +71,6 @@ class IOITask(ModelTask):
 
     def _templates(self) -> list[str]:
         chosen = self.params["templates"]
-        if chosen is None:
-            return list(TEMPLATES)
         bad = [k for k in chosen if not (isinstance(k, int) and 0 <= k < len(TEMPLATES))]
         if bad or not chosen:
             raise DataError(f"templates must be indices 0..{len(TEMPLATES) - 1}, got {chosen!r}")
