@@ -13,7 +13,10 @@ GiB = 1024**3
 
 # Share of the memory available now that mechkit plans to use by default: the rest is left for
 # the interpreter, the allocator's slack and whatever else the machine runs.
-DEFAULT_SHARE = 0.6
+DEFAULT_SHARE = 0.5
+# On a CPU, chunks past a few thousand tokens per forward run no faster, so the default working
+# memory stops here however much the machine has.
+DEFAULT_CPU_CAP = 3 * GiB
 
 
 class MemoryBudgetError(MechkitError):
@@ -75,13 +78,20 @@ def parse_size(text: str | int | float) -> int:
     return int(value * scale)
 
 
-def budget_bytes(max_memory: str | int | float | None = None) -> int:
-    """The memory budget in bytes: ``max_memory`` when given, else ``$MECHKIT_MAX_MEMORY``, else
-    :data:`DEFAULT_SHARE` of the memory available now."""
+def budget_bytes(max_memory: str | int | float | None = None, device: str | None = None) -> int:
+    """The working-memory budget of one operation in bytes (beyond the model's own weights).
+
+    ``max_memory`` when given (bytes, ``"6GB"``, or a share of available memory such as 0.5),
+    else ``$MECHKIT_MAX_MEMORY``, else :data:`DEFAULT_SHARE` of the memory available now, at most
+    :data:`DEFAULT_CPU_CAP` on a CPU. On a CUDA ``device`` available memory is the GPU's."""
     if max_memory is None:
         max_memory = os.environ.get("MECHKIT_MAX_MEMORY")
     if max_memory is None:
-        return int(DEFAULT_SHARE * available_bytes())
+        if device is not None and str(device).startswith("cuda"):
+            import torch
+
+            return int(DEFAULT_SHARE * torch.cuda.mem_get_info(torch.device(device))[0])
+        return int(min(DEFAULT_SHARE * available_bytes(), DEFAULT_CPU_CAP))
     return parse_size(max_memory)
 
 

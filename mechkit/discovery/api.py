@@ -14,9 +14,12 @@ from transformer_lens import HookedTransformer
 
 from mechkit._types import Circuit, PromptPairs
 from mechkit.discovery.acdc import acdc
-from mechkit.discovery.convergence import convergence, warn_if_unresolved
+from tqdm.auto import tqdm
+
+from mechkit.discovery.budget import plan_chunks
+from mechkit.discovery.convergence import from_effect, path_effect, warn_if_unresolved
 from mechkit.discovery.evaluate import evaluate
-from mechkit.discovery.forward import Metric, ablated_outputs
+from mechkit.discovery.forward import Metric, ablated_outputs, chunk_ablation, mechkit_runs, shared_ablation
 from mechkit.discovery.graph import Graph
 from mechkit.discovery.methods import METHODS, MethodError, get_method
 from mechkit.discovery.oracle import oracle
@@ -54,6 +57,7 @@ def attribute(
     model_spec: str = "",
     progress: bool = False,
     max_batch: int = 512,
+    max_memory: str | int | float | None = None,
     **hyperparameters: Any,
 ) -> EdgeScores:
     """Score every edge (and node) of ``model``'s graph on ``pairs`` with a registered method.
@@ -65,6 +69,11 @@ def attribute(
     Methods: ``eap``, ``eap-ig`` and ``eap-ig-activations`` (``ig_steps``, default 5), ``exact``. ``metric(logits, pairs)``
     returns one value per prompt (default: logit difference).
 
+    Prompts are scored in chunks that fit ``max_memory`` (bytes, ``"6GB"``, or a share of the
+    available memory such as ``0.5``; default :func:`mechkit.memory.budget_bytes`), with at most
+    ``max_batch`` sequences per forward; the result does not depend on either (up to float
+    summation order).
+
     The integrated-gradients methods also check their integral (``scores.convergence``,
     :mod:`mechkit.discovery.convergence`) and warn (``IntegrationWarning``) when it is more than
     20% off.
@@ -74,14 +83,31 @@ def attribute(
     entry = get_method(method)
     model_spec = model_spec or spec_of(model)
     options = _check_options(method, entry.defaults, hyperparameters)
+    metric = metric or logit_diff
     graph = Graph.from_model(model)
-    ablated = ablated_outputs(model, graph, pairs, ablation)
-    edge, node = entry.func(
-        model, graph, pairs, metric or logit_diff, ablated, progress=progress, max_batch=max_batch, **options
-    )
+    # scores are means over prompts: score chunk by chunk, so that only one chunk's activations
+    # and gradients exist at a time, and add up weighted by chunk size
+    plan = plan_chunks(model, graph, len(pairs), pairs.clean.shape[1], grad=method != "exact",
+                       max_memory=max_memory, max_batch=max_batch)
+    with mechkit_runs(model):
+        shared = shared_ablation(model, graph, pairs, ablation, plan.prompts)
+        starts = range(0, len(pairs), plan.prompts)
+        edge_sum, node_sum, effect = 0.0, 0.0, 0.0
+        for start in tqdm(starts, desc=method, disable=not progress or len(starts) == 1, leave=False):
+            part = pairs[start : start + plan.prompts]
+            ablated = chunk_ablation(model, graph, part, shared)
+            edge, node = entry.func(
+                model, graph, part, metric, ablated, progress=progress and len(starts) == 1, max_batch=plan.rows, **options
+            )
+            edge_sum = edge_sum + edge.detach().double().cpu() * len(part)
+            node_sum = node_sum + node.detach().double().cpu() * len(part)
+            if "ig_steps" in options:
+                effect += path_effect(model, part, metric, ablated)
+            del ablated
+    edge, node = edge_sum / len(pairs), node_sum / len(pairs)
     check = None
     if "ig_steps" in options:
-        check = convergence(model, graph, pairs, metric or logit_diff, ablated, edge, options["ig_steps"])
+        check = from_effect(graph, effect / len(pairs), edge, options["ig_steps"])
         warn_if_unresolved(check)
     return EdgeScores(
         graph=graph,
@@ -112,6 +138,7 @@ def discover(
     n_boot: int = 1000,
     progress: bool = False,
     max_batch: int = 512,
+    max_memory: str | int | float | None = None,
     **hyperparameters: Any,
 ) -> Circuit:
     """Find a circuit and measure it: scores, selection, dangling-edge pruning, then faithfulness
@@ -128,12 +155,12 @@ def discover(
     elif method in METHODS:
         scores = attribute(
             model, pairs, method, metric=metric, ablation=ablation, model_spec=model_spec,
-            progress=progress, max_batch=max_batch, **hyperparameters,
+            progress=progress, max_batch=max_batch, max_memory=max_memory, **hyperparameters,
         )
         circuit = scores.select(edges, rule=rule, threshold=threshold, absolute=absolute)
     else:
         raise MethodError(f"unknown method {method!r}; {did_you_mean(method, [*METHODS, *SELECTING])}")
-    measured = evaluate(model, eval_pairs or pairs, circuit, "resample", metric, n_boot, max_batch=max_batch)
+    measured = evaluate(model, eval_pairs or pairs, circuit, "resample", metric, n_boot, max_batch=max_batch, max_memory=max_memory)
     if eval_pairs is None:
         return dataclasses.replace(circuit, faithfulness=(measured,))
     # the artifact's task is the data its faithfulness was measured on (what `verify` re-measures);

@@ -56,25 +56,34 @@ class Convergence:
 
 
 @torch.no_grad()
-def convergence(
-    model: HookedTransformer, graph: Graph, pairs: PromptPairs, metric: Metric, ablated: Tensor,
-    edge_scores: Tensor, ig_steps: int,
-) -> Convergence:
-    """Compare the embedding's edge scores with the metric change between the path's two ends.
+def path_effect(model: HookedTransformer, pairs: PromptPairs, metric: Metric, ablated: Tensor) -> float:
+    """Sum over prompts of metric(ablated input) - metric(clean input): the integral's total.
 
     ``ablated`` is what the scoring run used ([batch or 1, pos, n_fwd, d_model]); its embedding
-    slice is the path's start, the clean prompts' embedding its end.
-    """
+    slice is the path's start, the clean prompts' embedding its end."""
     clean = pairs.clean.to(model.cfg.device)
     start = ablated[:, :, 0]
 
     def from_start(act: Tensor, hook) -> Tensor:
         return start.to(act.dtype).expand_as(act)
 
-    at_clean = metric(model(clean), pairs).float().mean()
-    at_start = metric(model.run_with_hooks(clean, fwd_hooks=[("blocks.0.hook_resid_pre", from_start)]), pairs).float().mean()
+    at_clean = metric(model(clean), pairs).double().sum()
+    at_start = metric(model.run_with_hooks(clean, fwd_hooks=[("blocks.0.hook_resid_pre", from_start)]), pairs).double().sum()
+    return float(at_start - at_clean)
+
+
+def convergence(
+    model: HookedTransformer, graph: Graph, pairs: PromptPairs, metric: Metric, ablated: Tensor,
+    edge_scores: Tensor, ig_steps: int,
+) -> Convergence:
+    """Compare the embedding's edge scores with the metric change between the path's two ends."""
+    return from_effect(graph, path_effect(model, pairs, metric, ablated) / len(pairs), edge_scores, ig_steps)
+
+
+def from_effect(graph: Graph, total_effect: float, edge_scores: Tensor, ig_steps: int) -> Convergence:
+    """The check, given the mean metric change along the path (summed over chunks by the caller)."""
     embedding_sum = graph.to_matrix(edge_scores.float())[0].sum()  # forward index 0 is the embedding
-    return Convergence(float(at_start - at_clean), float(embedding_sum), ig_steps)
+    return Convergence(float(total_effect), float(embedding_sum), ig_steps)
 
 
 def warn_if_unresolved(check: Convergence) -> None:

@@ -25,12 +25,14 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from mechkit._types import Circuit, Faithfulness, PromptPairs
+from mechkit.discovery.budget import plan_chunks
 from mechkit.discovery.forward import (
     ABLATIONS,
     Metric,
-    ablated_outputs,
     run_masked_chunked,
     sender_outputs_and_logits,
+    mechkit_runs,
+    shared_ablation,
 )
 from mechkit.discovery.graph import Graph
 from mechkit.discovery.scores import EdgeScores
@@ -98,6 +100,7 @@ def run_edge_masks(
     ablation: str = "resample",
     metric: Metric | None = None,
     max_batch: int = 512,
+    max_memory: str | int | float | None = None,
 ) -> MaskedRun:
     """Run every circuit in ``masks`` (plus the empty circuit) in batched forwards.
 
@@ -111,13 +114,6 @@ def run_edge_masks(
         model, graph, masks = compact.model, compact.graph, masks[:, compact.edge_index.to(masks.device)]
     metric = metric or logit_diff
     device = model.cfg.device
-    with torch.no_grad():
-        clean = metric(model(pairs.clean.to(device)), pairs).float().cpu()
-        if ablation == "resample":
-            ablated, corrupted_logits = sender_outputs_and_logits(model, graph, pairs.corrupted.to(device))
-            empty = metric(corrupted_logits, pairs).float().cpu()
-        else:
-            ablated, empty = ablated_outputs(model, graph, pairs, ablation), None
     no_edges = torch.zeros(1, graph.n_edges, dtype=torch.bool)
     # edges from or into a silent component change nothing: set them all, so masks that differ
     # only there run once, and one keeping every live edge is the clean run
@@ -125,17 +121,34 @@ def run_edge_masks(
     canonical = torch.cat([no_edges, masks.to(torch.bool).cpu()]) | inert
     unique, inverse = torch.unique(canonical.to(torch.uint8), dim=0, return_inverse=True)
     unique = unique.to(torch.bool)
-    values = torch.empty(len(unique), len(pairs))
     is_full, is_empty = unique.all(1), ~(unique & ~inert).any(1)
-    values[is_full] = clean
-    if empty is not None:
-        values[is_empty] = empty
-    todo = ~is_full & (~is_empty if empty is not None else torch.ones_like(is_full))
-    if todo.any():
-        keep = graph.to_matrix(unique[todo].float())
-        values[todo] = run_masked_chunked(model, graph, pairs, ablated, keep, metric, max_batch).cpu()
-    values = values[inverse]
-    return MaskedRun(values[1:], clean, values[0], ablation)
+    keep_all = graph.to_matrix(unique.float())
+    # per-prompt values: run prompt chunk by prompt chunk within the memory budget
+    plan = plan_chunks(model, graph, len(pairs), pairs.clean.shape[1], grad=False, max_memory=max_memory, max_batch=max_batch)
+    with mechkit_runs(model):
+        shared = shared_ablation(model, graph, pairs, ablation, plan.prompts)
+        values_parts, clean_parts = [], []
+        for start in range(0, len(pairs), plan.prompts):
+            part = pairs[start : start + plan.prompts]
+            with torch.no_grad():
+                clean = metric(model(part.clean.to(device)), part).float().cpu()
+                if ablation == "resample":
+                    ablated, corrupted_logits = sender_outputs_and_logits(model, graph, part.corrupted.to(device))
+                    empty = metric(corrupted_logits, part).float().cpu()
+                else:
+                    ablated, empty = shared, None
+            values = torch.empty(len(unique), len(part))
+            values[is_full] = clean
+            if empty is not None:
+                values[is_empty] = empty
+            todo = ~is_full & (~is_empty if empty is not None else torch.ones_like(is_full))
+            if todo.any():
+                values[todo] = run_masked_chunked(model, graph, part, ablated, keep_all[todo], metric, plan.rows).cpu()
+            values_parts.append(values)
+            clean_parts.append(clean)
+            del ablated
+    values = torch.cat(values_parts, dim=1)[inverse]
+    return MaskedRun(values[1:], torch.cat(clean_parts), values[0], ablation)
 
 
 def evaluate(
@@ -147,6 +160,7 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     max_batch: int = 512,
+    max_memory: str | int | float | None = None,
 ) -> Faithfulness:
     """Normalised faithfulness of a circuit, with a 95% per-prompt bootstrap interval.
 
@@ -155,7 +169,7 @@ def evaluate(
     """
     graph = Graph.from_model(model)
     mask = graph.mask_from_names(tuple(circuit.edge_names), circuit.in_circuit)
-    run = run_edge_masks(model, graph, pairs, mask[None], ablation, metric, max_batch)
+    run = run_edge_masks(model, graph, pairs, mask[None], ablation, metric, max_batch, max_memory)
     return run.report(0, n_boot, seed)
 
 
@@ -168,9 +182,10 @@ def robustness(
     n_boot: int = 1000,
     seed: int = 0,
     max_batch: int = 512,
+    max_memory: str | int | float | None = None,
 ) -> tuple[Faithfulness, ...]:
     """The circuit's faithfulness under each ablation (resample, mean, zero), with intervals."""
-    return tuple(evaluate(model, pairs, circuit, a, metric, n_boot, seed, max_batch) for a in ablations)
+    return tuple(evaluate(model, pairs, circuit, a, metric, n_boot, seed, max_batch, max_memory) for a in ablations)
 
 
 def cpr_cmd(fractions: tuple[float, ...] | list[float], faithfulness: tuple[float, ...] | list[float]) -> tuple[float, float]:
@@ -240,9 +255,10 @@ def faithfulness_curve(
     absolute: bool = True,
     metric: Metric | None = None,
     max_batch: int = 512,
+    max_memory: str | int | float | None = None,
 ) -> Curve:
     """Faithfulness of the top-scoring edges at each budget, all circuits batched together."""
     masks = curve_masks(scores, tuple(fractions), rule, absolute)
-    run = run_edge_masks(model, scores.graph, pairs, masks, ablation, metric, max_batch)
+    run = run_edge_masks(model, scores.graph, pairs, masks, ablation, metric, max_batch, max_memory)
     values = tuple(float(v) for v in run.faithfulness())
     return Curve(tuple(fractions), tuple(int(m.sum()) for m in masks), values, ablation, rule)

@@ -34,25 +34,34 @@ class AblationError(MechkitError, ValueError):
 
 
 @contextmanager
-def graph_hooks_enabled(model: HookedTransformer) -> Iterator[HookedTransformer]:
-    """Turn on split q/k/v inputs, MLP inputs and ungrouped k/v heads; restore every flag on exit.
-
-    Per-head outputs are computed from ``hook_z`` (one einsum with ``W_O``) rather than with
-    ``use_attn_result``: TransformerLens 3.9 builds that result by broadcasting to
-    [batch, pos, head, d_head, d_model], which made batched circuit runs ~5x slower.
-    """
+def config_flags(model: HookedTransformer, **values: bool) -> Iterator[HookedTransformer]:
+    """Set TransformerLens config flags (read on every forward) for a block; restore them on exit."""
     cfg = model.cfg
-    names = ["use_split_qkv_input", "ungroup_grouped_query_attention"]
-    if not cfg.attn_only:
-        names.append("use_hook_mlp_in")
-    old = {n: getattr(cfg, n) for n in names}
+    old = {name: getattr(cfg, name) for name in values}
     try:
-        for n in names:
-            setattr(cfg, n, True)
+        for name, value in values.items():
+            setattr(cfg, name, value)
         yield model
     finally:
-        for n, v in old.items():
-            setattr(cfg, n, v)
+        for name, value in old.items():
+            setattr(cfg, name, value)
+
+
+def mechkit_runs(model: HookedTransformer):
+    """Flags for every graph run: ``use_attn_result`` off. mechkit never reads ``hook_result``,
+    and TransformerLens 3.9 builds it by broadcasting to [batch, pos, head, d_head, d_model],
+    which makes every forward about 3x slower (EAP-IG's library asks its users to switch it on)."""
+    return config_flags(model, use_attn_result=False)
+
+
+def graph_hooks_enabled(model: HookedTransformer):
+    """Turn on split q/k/v inputs, MLP inputs and ungrouped k/v heads (and ``use_attn_result``
+    off: per-head outputs are computed from ``hook_z``, one einsum with ``W_O``); restore every
+    flag on exit."""
+    flags = {"use_split_qkv_input": True, "ungroup_grouped_query_attention": True, "use_attn_result": False}
+    if not model.cfg.attn_only:
+        flags["use_hook_mlp_in"] = True
+    return config_flags(model, **flags)
 
 
 @dataclass(frozen=True)
@@ -139,19 +148,41 @@ def sender_outputs_and_logits(
 
 
 def ablated_outputs(
-    model: HookedTransformer, graph: Graph, pairs: PromptPairs, ablation: str = "resample"
+    model: HookedTransformer, graph: Graph, pairs: PromptPairs, ablation: str = "resample", chunk: int | None = None
 ) -> Float[Tensor, "batch_or_1 pos n_fwd d_model"]:
     """What each sender writes when ablated: its output on the corrupted prompt ("resample"),
-    its mean output over the clean prompts at each position ("mean"), or zero ("zero")."""
+    its mean output over the clean prompts at each position ("mean"), or zero ("zero").
+
+    ``chunk`` prompts per forward (default: all at once); the mean is accumulated over chunks."""
     device = model.cfg.device
     if ablation == "resample":
         return sender_outputs(model, graph, pairs.corrupted.to(device))
     if ablation == "mean":
-        return sender_outputs(model, graph, pairs.clean.to(device)).mean(0, keepdim=True)
+        chunk = chunk or len(pairs)
+        total = None
+        for start in range(0, len(pairs), chunk):
+            part = sender_outputs(model, graph, pairs.clean[start : start + chunk].to(device)).sum(0, keepdim=True)
+            total = part if total is None else total.add_(part)
+        return total / len(pairs)
     if ablation == "zero":
         shape = (1, pairs.clean.shape[1], graph.n_forward, model.cfg.d_model)
         return torch.zeros(shape, device=device, dtype=model.cfg.dtype)
     raise AblationError(f"unknown ablation {ablation!r}: use one of {', '.join(ABLATIONS)}")
+
+
+def shared_ablation(
+    model: HookedTransformer, graph: Graph, pairs: PromptPairs, ablation: str, chunk: int
+) -> Float[Tensor, "1 pos n_fwd d_model"] | None:
+    """The ablated outputs every prompt shares (mean, zero), or None for resample ablation, whose
+    ablated outputs are per prompt and computed chunk by chunk (:func:`chunk_ablation`)."""
+    return None if ablation == "resample" else ablated_outputs(model, graph, pairs, ablation, chunk)
+
+
+def chunk_ablation(
+    model: HookedTransformer, graph: Graph, part: PromptPairs, shared: Tensor | None
+) -> Float[Tensor, "batch_or_1 pos n_fwd d_model"]:
+    """A chunk's ablated outputs: ``shared`` when there is one, else the chunk's corrupted run."""
+    return shared if shared is not None else sender_outputs(model, graph, part.corrupted.to(model.cfg.device))
 
 
 def repeat_pairs(pairs: PromptPairs, times: int) -> PromptPairs:
