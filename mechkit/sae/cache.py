@@ -251,9 +251,14 @@ class ActivationCache:
             if m["hooks"] != self.hooks or m.get("model_fingerprint", "") != self.model_fingerprint:
                 raise ArtifactError(f"cache manifest {where} has other hooks or another model than {manifests[0].name}: "
                                     f"{_HINT}")
-        for hook in self.hooks:  # every listed shard is there (a regular file: a FIFO would hang a read)
+        self._d: dict[str, int] = {}
+        for hook in self.hooks:  # every listed shard is there, complete, and as wide as the others
+            d = None
             for shard in self.shards(hook):
-                regular_file(shard.path, "cache shard", f"the cache is incomplete; {_HINT}")
+                regular_file(shard.path, "cache shard", f"the cache is incomplete; {_HINT}")  # never a FIFO
+                d = _check_shard(shard, d)[1]
+            if d is not None:
+                self._d[hook] = d
 
     def shards(self, hook: str) -> list[Shard]:
         if hook not in self.hooks:
@@ -267,7 +272,7 @@ class ActivationCache:
         shards = self.shards(hook)
         if not shards:
             raise ArtifactError(f"cache {self.path} holds no shards for {hook!r}: rerun write_cache to finish it")
-        return _check_shard(shards[0])[1]
+        return self._d[hook] if hook in self._d else _check_shard(shards[0])[1]
 
     def load(self, hook: str, max_tokens: int | None = None) -> Float[Tensor, "tokens d"]:
         """All (or the first ``max_tokens``) stored activations of ``hook``, in storage order."""

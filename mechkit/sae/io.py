@@ -71,10 +71,13 @@ def safetensors_shapes(path: Path, what: str, hint: str) -> dict[str, tuple[str,
             head = f.read(8)
             n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
             if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
-                raise ArtifactError(f"{what} {path} is not a safetensors file (or is truncated): {hint}")
-            header = json.loads(f.read(n).decode("utf-8"))
+                n = -1  # a pickle or any other format: its first bytes are no sane header length
+            else:
+                header = json.loads(f.read(n).decode("utf-8"))
     except (ValueError, RecursionError, OSError):
         raise ArtifactError(f"{what} {path} has a broken safetensors header: {hint}") from None
+    if n < 0:
+        raise ArtifactError(f"{what} {path} is not a safetensors file (or is truncated): {hint}")
     if not isinstance(header, dict):
         raise ArtifactError(f"{what} {path} has a broken safetensors header: {hint}")
     data = size - 8 - n

@@ -58,6 +58,29 @@ TRAIN = ["--arch", "topk", "--k", "4", "--expansion", "8", "--steps", str(STEPS)
          "--checkpoint-every", "10", "--seed", "3"]
 
 
+# Run the training command with save_checkpoint wrapped: once the checkpoint after step 20 is
+# written, the process says so in a marker file and waits there to be killed. The test waits on
+# that event, not on a clock, so it behaves the same on a fast or a loaded machine.
+_PAUSE_AT_CHECKPOINT = """
+import sys, time
+from pathlib import Path
+import mechkit.sae.checkpoint as ckpt
+marker, save = Path(sys.argv[1]), ckpt.save_checkpoint
+def save_then_wait(trainer, root, step, config):
+    path = save(trainer, root, step, config)
+    if step >= 20:
+        marker.write_text(str(step))
+        while True:
+            time.sleep(1)
+    return path
+ckpt.save_checkpoint = save_then_wait
+sys.argv = ["mechkit", *sys.argv[2:]]
+from mechkit.cli import main
+main()
+"""
+HANG_GUARD = 1800  # seconds: only a hang comes near it
+
+
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
     from mechkit.sae import write_cache
     from tests.conftest import tiny_hooked
@@ -66,31 +89,52 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
     write_cache(tiny_hooked(), torch.randint(4, 64, (64, 16), generator=torch.Generator().manual_seed(0)), cache,
                 [HOOK], batch_size=16, shard_tokens=256, progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "mechkit", "sae", "train", str(cache), HOOK, str(killed), *TRAIN]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed, marker, log = tmp_path / "killed", tmp_path / "checkpoint-written", tmp_path / "train.log"
+    cmd = [sys.executable, "-c", _PAUSE_AT_CHECKPOINT, str(marker), "sae", "train", str(cache), HOOK, str(killed), *TRAIN]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    try:
+        while not marker.exists():  # the event: the checkpoint after step 20 is on disk
+            assert proc.poll() is None, f"training exited ({proc.returncode}) before checkpointing:\n{log.read_text()}"
+            assert time.monotonic() - started < HANG_GUARD, f"training hangs:\n{log.read_text()}"
+            time.sleep(0.05)
+    finally:
+        proc.kill()  # SIGKILL
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, log.read_text()
     latest = killed / "checkpoints" / "latest.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and json.loads(latest.read_text())["step"] >= 20:
-            break
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
     step_at_kill = json.loads(latest.read_text())["step"]
-    assert 20 <= step_at_kill < STEPS and not (killed / "sae_weights.safetensors").exists()
+    assert step_at_kill == int(marker.read_text()) and 20 <= step_at_kill < STEPS, log.read_text()
+    assert not (killed / "sae_weights.safetensors").exists()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the killed process, so float sums run in the same order
     try:
         straight = tmp_path / "straight"
         for out in (killed, straight):  # resume the killed run; then one uninterrupted run
-            monkeypatch.setattr(sys, "argv", ["mechkit", "sae", "train", str(cache), HOOK, str(out), *TRAIN])
-            main()
+            _cli(monkeypatch, "sae", "train", str(cache), HOOK, str(out), *TRAIN)
     finally:
         torch.set_num_threads(threads)
     a, b = load_file(str(killed / "sae_weights.safetensors")), load_file(str(straight / "sae_weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (Path(killed) / "sparsity.safetensors").read_bytes() == (Path(straight) / "sparsity.safetensors").read_bytes()
+
+
+def test_features_table_keeps_ids_and_highlighted_tokens(tiny_organism_dir, tmp_path):
+    """At 80 columns the feature ids are printed whole, and the ``[[token]]`` highlight of the top
+    context is text, not Rich markup."""
+    from mechkit.sae.train import TrainConfig, build_training_sae
+    from tests.console import mechkit
+
+    sae = tmp_path / "sae"
+    build_training_sae(TrainConfig(architecture="topk", k=4, expansion=2), 16, {"hook_name": HOOK}).save_inference_model(
+        str(sae))
+    run = mechkit("sae", "features", "organism:tiny", sae, "--n", "8", "--top", "3", "--device", "cpu",
+                  env={"COLUMNS": "80"})
+    assert run.returncode == 0, run
+    ids = [w for line in run.stdout.splitlines() for w in line.split() if w.startswith("F:")]
+    assert len(ids) == 3 and all(i.startswith(f"F:{HOOK}:") and i.rsplit(":", 1)[1].isdigit() for i in ids), run
+    assert run.stdout.count("[[") >= 3 and run.stdout.count("]]") >= 3, run
 
 
 def test_train_init_option(tiny_organism_dir, tmp_path, monkeypatch, capsys):
