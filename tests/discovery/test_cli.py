@@ -1,6 +1,7 @@
 """``mechkit discover`` on a saved tiny organism."""
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import mechkit.cli.discover as cli_discover
@@ -59,3 +60,39 @@ def test_save_reports_missing_artifacts(monkeypatch, tmp_path):
     monkeypatch.setitem(__import__("sys").modules, "mechkit.artifacts", None)
     assert cli_discover.save(object(), tmp_path) is None
     assert not any(tmp_path.iterdir())  # nothing written without the artifact writer
+
+
+def test_budgets_never_select_zero_score_edges():
+    from mechkit.discovery.graph import Graph
+    from mechkit.discovery.scores import EdgeScores
+    from mechkit.discovery.select import greedy_mask, nonzero_count, topn_mask
+    from tests.conftest import tiny_hooked
+
+    graph = Graph.from_model(tiny_hooked())
+    scores = torch.zeros(graph.n_edges)
+    scores[graph.edge_position("L1H0->logits")] = 2.0
+    scores[graph.edge_position("embed->L1H0<v>")] = -1.0
+    scores[graph.edge_position("M0->logits")] = float("nan")
+    assert nonzero_count(scores) == 2
+    for mask in (topn_mask(scores, 40), greedy_mask(graph, scores, 40), topn_mask(scores, 40, absolute=False)):
+        assert int(mask.sum()) <= 2 and not mask[scores == 0].any() and not mask[scores.isnan()].any()
+    circuit = EdgeScores(graph, scores, torch.zeros(len(graph.node_names)), "test").select("50%")
+    assert {e.name for e in circuit.edges} == {"L1H0->logits", "embed->L1H0<v>"}
+
+
+def test_discover_data_records_source_sha256_and_nonzero_edges(tiny_organism_dir, tmp_path):
+    """Through the console script: --data's sha256 lands in the artifact's task record."""
+    import hashlib
+    import json
+
+    from tests.console import mechkit
+
+    data = tmp_path / "pairs.csv"
+    data.write_text("clean,corrupted,answer,wrong_answer\nw1 w2 w3,w1 w5 w3,w7,w8\nw4 w5 w6,w4 w9 w6,w9,w10\n")
+    out = tmp_path / "out"
+    run = mechkit("discover", "organism:tiny", "--data", data, "--method", "eap", "--edges", "90%", "--out", out,
+                  "--device", "cpu")
+    assert run.returncode == 0, run
+    assert "score non-zero" in run.stdout, run
+    saved = json.loads((out / "circuit.json").read_text())
+    assert saved["task"]["source_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()

@@ -137,3 +137,68 @@ def test_result_round_trip_top_and_heatmap(model, tmp_path):
     (tmp_path / "out" / "result.json").write_text(json.dumps({"schema": "other"}))
     with pytest.raises(MechkitError):
         PatchResult.load(tmp_path / "out")
+
+
+def test_read_pairs_refuses_what_would_score_silently_wrong(tmp_path):
+    model = _tok_model(tmp_path)
+    ids = tmp_path / "ids.jsonl"
+    for bad in (-1, 100_000, 2**70, True, "w1"):
+        ids.write_text(json.dumps({"clean": "w1 w2", "corrupted": "w3 w2", "correct_idx": bad, "incorrect_idx": 5}))
+        with pytest.raises(DataError) as err:
+            read_pairs(ids, model)
+        assert "row 1: correct_idx" in _one_line(err)
+    unk = tmp_path / "unk.csv"
+    unk.write_text("clean,corrupted,answer,wrong_answer\nw1 w2,w3 w2,Paris,w5\n")
+    with pytest.raises(DataError) as err:
+        read_pairs(unk, model)
+    assert "'Paris' is not in the vocabulary (it becomes <unk>)" in _one_line(err)
+    long = tmp_path / "long.csv"
+    long.write_text("clean,corrupted,answer,wrong_answer\n" + f"{'w1 ' * 20},{'w2 ' * 20},w3,w4\n")
+    with pytest.raises(DataError) as err:
+        read_pairs(long, model)
+    assert "more than the model's context of 16" in _one_line(err)
+
+
+def test_read_pairs_file_problems_are_one_line(tmp_path):
+    model = _tok_model(tmp_path)
+    cases = {
+        "latin1.csv": (b"clean,corrupted,answer,wrong_answer\n\xe9,w2,w3,w4\n", "not UTF-8 text (byte 0xe9 on line 2)"),
+        "huge.csv": (b"clean,corrupted,answer,wrong_answer\n" + b"w1 " * 50_000 + b",w2,w3,w4\n", "over 131,072"),
+        "deep.jsonl": (b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
+        "dup.csv": (b"clean,clean,corrupted,answer,wrong_answer\n", "names column 'clean' twice"),
+        "prompt.jsonl": (b'{"clean": ["w1"], "corrupted": "w2", "answer": "w3", "wrong_answer": "w4"}', "clean is a list"),
+        "part.jsonl": (b'{"clean": "w1", "corrupted": "w2", "answer": "w3", "wrong_answer": "w4"}\n{"clean": "w1"}',
+                       "row 2: it lacks corrupted, answer, wrong_answer"),
+        "empty.csv": (b"clean,corrupted,answer,wrong_answer\n ,w2,w3,w4\n", "clean is empty"),
+    }
+    for name, (content, says) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError) as err:
+            read_pairs(tmp_path / name, model)
+        assert says in _one_line(err), name
+    with pytest.raises(DataError) as err:
+        read_pairs(tmp_path, model)
+    assert "is a directory" in _one_line(err)
+
+
+def test_read_pairs_many_bad_rows_report_counts_and_the_first_ten(tmp_path):
+    model = _tok_model(tmp_path)
+    path = tmp_path / "many.csv"
+    path.write_text("clean,corrupted,answer,wrong_answer\n" + "w1 w2,w1,w3,w4\n" * 50_000)
+    with pytest.raises(DataError) as err:
+        read_pairs(path, model)
+    msg = _one_line(err)
+    assert len(msg) < 2000 and "50,000 of 50,000 rows" in msg and "row 10:" in msg and "row 11:" not in msg
+    assert "and 49,990 more" in msg
+
+
+def test_read_pairs_bom_csv_and_source_sha256(tmp_path):
+    import hashlib
+
+    model = _tok_model(tmp_path)
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + b"clean,corrupted,answer,wrong_answer\r\nw1 w2,w3 w2,w4,w5\r\n")
+    pairs = read_pairs(path, model)
+    assert len(pairs) == 1 and pairs.answer.tolist() == [VOCAB.index("w4")]
+    assert pairs.task["source_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert pairs.task["source"] == str(path) and pairs.task["n"] == 1
