@@ -417,3 +417,43 @@ def test_eap_ig_import_keeps_fingerprint_argument(tmp_path):
     path.write_text(json.dumps(to_eap_ig(make_circuit(), d_model=16, metadata=False)))
     back = read_eap_ig(path, model_spec="organism:tiny", model_fingerprint=FP)
     assert back.model_fingerprint == FP and torch.equal(back.in_circuit, make_circuit().in_circuit)
+
+
+# ---------------------------------------------------------------- fast name checks agree with Edge.parse
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from mechkit._types import Edge  # noqa: E402
+from mechkit.errors import HookNameError  # noqa: E402
+
+_PIECES = ["embed", "logits", "L0H0", "L0H1", "L1H0", "M0", "M1", "L00H1", "F:blocks.0.hook_resid_post:3", "F:x:1",
+           "->", "<q>", "<k>", "<v>", "<x>", "<", ">", "-", ":", "L", "H", "0", "1", " ", "\n", "é", ""]
+_KNOWN = {"embed", "logits", "L0H0", "L0H1", "M0", "F:blocks.0.hook_resid_post:3"}
+
+
+def _slow_ok(names: list[str]) -> bool:
+    if len(set(names)) != len(names):
+        return False
+    for n in names:
+        try:
+            e = Edge.parse(n)
+        except HookNameError:
+            return False
+        if e.src not in _KNOWN or e.dst not in _KNOWN:
+            return False
+    return True
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(st.lists(st.one_of(
+    st.lists(st.sampled_from(_PIECES), min_size=1, max_size=5).map("".join),
+    st.builds("{}->{}{}".format, st.sampled_from(sorted(_KNOWN) + ["L7H7", "M9"]),
+              st.sampled_from(sorted(_KNOWN) + ["L1H0", "M1"]), st.sampled_from(["", "<q>", "<k>", "<v>", "<z>"])),
+), max_size=6))
+def test_fast_edge_name_checks_agree_with_edge_parse(names):
+    try:
+        aio._check_edge_names(names, _KNOWN, "edges.names")
+        fast = True
+    except aio._Invalid:
+        fast = False
+    assert fast == _slow_ok(names), names
