@@ -18,6 +18,17 @@ def demo(
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
 ) -> None:
     """Task data -> patching -> EAP-IG circuit -> faithfulness -> verified artifact + HTML report."""
+    from mechkit.cli._inputs import check_count, check_number, check_out_dir
+
+    # arguments and the output folder are checked before the model is loaded
+    check_count(prompts, "--prompts", 2)
+    check_number(target, "--target", 0, 1, low_open=True)
+    if edges != "auto":
+        from mechkit.discovery.select import parse_budget
+
+        parse_budget(edges, 1_000_000)
+    check_out_dir(out)
+
     from mechkit.demo import print_summary, run_demo
 
     t0 = time.perf_counter()

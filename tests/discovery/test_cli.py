@@ -96,3 +96,20 @@ def test_discover_data_records_source_sha256_and_nonzero_edges(tiny_organism_dir
     assert "score non-zero" in run.stdout, run
     saved = json.loads((out / "circuit.json").read_text())
     assert saved["task"]["source_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+
+
+def test_organism_spec_implies_its_task(tmp_path):
+    """The README's command, without --task: the shipped organism's own task; no zero-score edge
+    pads the 5% budget (most of sandbagging's edges score exactly 0)."""
+    from mechkit.artifacts import load_circuit
+    from tests.console import mechkit
+
+    out = tmp_path / "sb"
+    run = mechkit("discover", "organism:sandbagging", "--method", "eap-ig", "--edges", "5%", "--n", "16",
+                  "--out", out, "--device", "cpu")
+    assert run.returncode == 0, run
+    circuit = load_circuit(out / "circuit.json")
+    assert circuit.task["name"] == "sandbagging"
+    kept = circuit.edge_scores[circuit.in_circuit]
+    assert len(kept) > 0 and bool((kept != 0).all())
+    assert f"{int((circuit.edge_scores != 0).sum())} score non-zero" in run.stdout, run

@@ -207,6 +207,12 @@ def test_outputs_are_checked_before_computing(ws):
     assert "is not a file" in ws.refused("sae", "features", NO_MODEL, ws.assets / "sae", "--html", "out")
 
 
+def test_demo_arguments_are_checked_before_the_model_loads(ws):
+    (ws.path / "taken").write_text("an earlier file")
+    assert "exists and is not a folder" in ws.refused("demo", "--out", "taken")
+    assert "bad edge budget" in ws.refused("demo", "--edges", "5x", "--out", "new")
+
+
 # ---------------------------------------------------------------------------------- SAE folders
 
 def _eval(ws: Workspace, sae: Path) -> str:
