@@ -6,10 +6,10 @@
 ('ioi', 'abc')
 
 ``generate(n, seed, split, model=...)`` takes a HookedTransformer (its ``tokenizer``) or, for
-tasks that need no forward pass, a bare tokenizer. Prompts start with BOS when the tokenizer
-itself adds one (``prepend_bos=None``, the default: the convention the model was trained with;
-SmolLM2's tokenizer adds none, and a leading ``<|im_start|>`` costs it about 1.3 of IOI logit
-difference), or as ``prepend_bos=True/False`` says. The
+tasks that need no forward pass, a bare tokenizer. Prompts start with BOS as
+``model.cfg.default_prepend_bos`` says (``prepend_bos=None``, the default, as
+:func:`mechkit.patching.read_pairs` and ``model.to_tokens`` do; for a bare tokenizer, whether it
+adds a BOS itself), or as ``prepend_bos=True/False`` says. The
 recorded ``PromptPairs.task`` holds the resolved parameters: ``prepend_bos`` and ``tokenizer``
 (a digest of the tokenizer's vocabulary) included, so ``regenerate(pairs.task, model)`` rebuilds
 the same pairs and refuses a model with a different tokenizer.
@@ -112,9 +112,10 @@ class TokenSource:
             if not hasattr(model, "encode"):
                 raise DataError(f"expected a model with a tokenizer or a tokenizer, got {type(model).__name__}")
             tokenizer, model = model, None
-        if prepend_bos is None:  # the tokenizer's own convention
+        if prepend_bos is None:  # the model's convention, else the tokenizer's own
+            default = getattr(getattr(model, "cfg", None), "default_prepend_bos", None)
             bos = tokenizer.bos_token_id
-            prepend_bos = bos is not None and list(tokenizer.encode("a"))[:1] == [bos]
+            prepend_bos = default if default is not None else bos is not None and tokenizer.encode("a")[:1] == [bos]
         return TokenSource(tokenizer, bool(prepend_bos), model)
 
     def encode(self, text: str) -> list[int]:
