@@ -378,27 +378,23 @@ def _read_bounded(path: Path, what: str, *, json_text: bool = False, limit: int 
     except OSError as err:
         raise ArtifactError(f"cannot read {what} {path}: {err.strerror}") from None
     scan = _JsonScan(path, what) if json_text else None
+    buf = bytearray()  # grows with what was read: a refused file costs only the part read so far
     with open(fd, "rb", buffering=0) as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ArtifactError(f"{what} {path} is not a regular file: give the path of a saved file")
-        buf, pos = bytearray(st.st_size), 0
         try:
-            with memoryview(buf) as view:
-                while pos < len(buf):
-                    n = f.readinto(view[pos : pos + _READ_CHUNK])
-                    if not n:
-                        break
-                    if scan is not None:
-                        scan.feed(buf, pos, pos + n)
-                    pos += n
-            grew = f.read(1)
+            while chunk := f.read(_READ_CHUNK):
+                if len(buf) + len(chunk) > limit:
+                    raise ArtifactError(f"{what} {path} grew past {limit >> 20} MiB while it was read: refused")
+                start = len(buf)
+                buf += chunk
+                del chunk
+                if scan is not None:
+                    scan.feed(buf, start, len(buf))
         except OSError as err:
             raise ArtifactError(f"cannot read {what} {path}: {err.strerror}") from None
-    if grew:
-        raise ArtifactError(f"{what} {path} grew while it was read: another program is writing it; try again")
-    del buf[pos:]
     if scan is not None:
-        scan.finish(pos)
+        scan.finish(len(buf))
     return buf
 
 

@@ -457,3 +457,17 @@ def test_fast_edge_name_checks_agree_with_edge_parse(names):
     except aio._Invalid:
         fast = False
     assert fast == _slow_ok(names), names
+
+
+def test_huge_string_is_refused_after_reading_little(tmp_path, monkeypatch):
+    path = tmp_path / "h.circuit.json"
+    with open(path, "wb") as f:
+        f.write(b'{"schema": "mechkit.circuit/1", "created": "')
+        f.truncate(256 << 20)  # 256 MiB of one string's worth of bytes without a quote (sparse)
+    monkeypatch.setattr(aio, "_READ_CHUNK", 256 << 10)
+    seen = []
+    real_feed = aio._JsonScan.feed
+    monkeypatch.setattr(aio._JsonScan, "feed", lambda self, buf, s, e: seen.append(len(buf)) or real_feed(self, buf, s, e))
+    with pytest.raises(ArtifactError, match="single value over 1 MiB"):
+        load_circuit(path)
+    assert max(seen) <= 2 << 20  # refused while streaming, long before the end of the file
