@@ -342,3 +342,47 @@ def test_truncated_checkpoint_tensors(ws):
     header = json.dumps({"x": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}).encode()
     (root / "step-00000010" / "state.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
     assert "truncated" in _train(ws, ws.assets / "cache")
+
+
+# ------------------------------------------------------------------ FIFOs and token sources
+
+def _replace_with_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+@pytest.mark.parametrize("which", ["cfg", "weights", "manifest", "shard", "latest"])
+def test_fifos_are_refused_without_hanging(ws, which):
+    """Opening a FIFO for reading blocks until a writer comes: every loader refuses one first."""
+    if which in ("cfg", "weights"):
+        sae = ws.copy("sae")
+        _replace_with_fifo(sae / ("cfg.json" if which == "cfg" else "sae_weights.safetensors"))
+        assert "not a regular file" in _eval(ws, sae)
+        return
+    cache = ws.copy("cache")
+    if which == "manifest":
+        _replace_with_fifo(_manifest(cache))
+    elif which == "shard":
+        _replace_with_fifo(next((cache / HOOK).glob("*.safetensors")))
+    else:
+        (ws.path / "sae-out" / "checkpoints").mkdir(parents=True)
+        os.mkfifo(ws.path / "sae-out" / "checkpoints" / "latest.json")
+    assert "not a regular file" in _train(ws, cache)
+
+
+def test_bad_token_sources(ws):
+    os.mkfifo(ws.path / "tokens.safetensors")
+    (ws.path / "text.txt").write_bytes(b"w1 w2 \xff\xfe w3")
+    (ws.path / "pickle.safetensors").write_bytes(b"cos\nmkdir\n(Vx\ntR.")
+    cache = ["sae", "cache", "organism:tiny", "new-cache", "--hook", HOOK, "--device", "cpu", "--source"]
+    assert "not a regular file" in ws.refused(*cache, "tokens:tokens.safetensors")
+    assert "not a safetensors file" in ws.refused(*cache, "tokens:pickle.safetensors")
+    assert "unknown token source" in ws.refused(*cache, "file:x")
+    assert "not UTF-8" in ws.refused("sae", "eval", "organism:tiny", ws.assets / "sae", "--source", "text:text.txt",
+                                     "--device", "cpu")
+
+
+def test_damaged_manifest_in_a_cache_being_resumed(ws):
+    cache = ws.copy("cache")
+    _manifest(cache).write_text("[]")
+    assert "not an object" in ws.refused("sae", "cache", "organism:tiny", cache, "--hook", HOOK, "--device", "cpu")
