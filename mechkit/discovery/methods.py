@@ -36,13 +36,12 @@ from transformer_lens import HookedTransformer
 from mechkit._types import PromptPairs
 from mechkit.discovery.forward import (
     Metric,
-    receiver_grads,
-    receiver_grads_replaced,
     repeat_pairs,
     sender_hooks,
     run_masked_chunked,
     sender_outputs,
 )
+from mechkit.discovery.grads import receiver_grads_plain
 from mechkit.discovery.graph import Graph
 from mechkit.errors import MechkitError, did_you_mean
 
@@ -95,7 +94,7 @@ def eap(
     model: HookedTransformer, graph: Graph, pairs: PromptPairs, metric: Metric, ablated: Tensor, *, progress: bool = False, max_batch: int = 512
 ) -> tuple[Tensor, Tensor]:
     clean = sender_outputs(model, graph, pairs.clean.to(model.cfg.device))
-    grads = receiver_grads(model, graph, pairs, metric)
+    grads = receiver_grads_plain(model, graph, pairs, metric)
     return _gradient_scores(graph, ablated - clean, grads, len(pairs))
 
 
@@ -128,7 +127,7 @@ def eap_ig(
         ks = torch.arange(first, min(first + per, ig_steps), device=start.device, dtype=start.dtype)
         alphas = (ks / ig_steps)[:, None, None, None]
         embed = einops.rearrange(start + alphas * step, "s b p d -> (s b) p d")
-        g = receiver_grads(model, graph, repeat_pairs(pairs, len(ks)), metric, embed=embed)
+        g = receiver_grads_plain(model, graph, repeat_pairs(pairs, len(ks)), metric, embed=embed)
         grads = grads + einops.reduce(g, "(s b) p r d -> b p r d", "sum", s=len(ks))
     return _gradient_scores(graph, ablated - clean, grads / ig_steps, batch)
 
@@ -163,7 +162,8 @@ def eap_ig_activations(
             ks = torch.arange(first, min(first + per, ig_steps + 1), device=device, dtype=out_clean.dtype)
             alphas = (ks / ig_steps)[:, None, None, None]
             values = out_ablated + alphas * (out_clean - out_ablated)  # [c, b, p, d]
-            grads = grads + receiver_grads_replaced(model, graph, pairs, hook, values.detach(), metric)
+            g = receiver_grads_plain(model, graph, pairs, metric, replace=(hook, values.detach()))
+            grads = grads + einops.reduce(g, "(c b) p r d -> b p r d", "sum", c=len(ks))
             runs += len(ks)
     return _gradient_scores(graph, ablated - clean, grads / runs, len(pairs))
 
