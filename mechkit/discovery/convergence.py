@@ -25,7 +25,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from mechkit._types import PromptPairs
-from mechkit.discovery.forward import Metric
+from mechkit.discovery.forward import Metric, run_metric
 from mechkit.discovery.graph import Graph
 
 WARN_ABOVE = 0.2  # relative error beyond which attribute() warns
@@ -67,8 +67,8 @@ def path_effect(model: HookedTransformer, pairs: PromptPairs, metric: Metric, ab
     def from_start(act: Tensor, hook) -> Tensor:
         return start.to(act.dtype).expand_as(act)
 
-    at_clean = metric(model(clean), pairs).double().sum()
-    at_start = metric(model.run_with_hooks(clean, fwd_hooks=[("blocks.0.hook_resid_pre", from_start)]), pairs).double().sum()
+    at_clean = run_metric(model, clean, pairs, metric).double().sum()
+    at_start = run_metric(model, clean, pairs, metric, [("blocks.0.hook_resid_pre", from_start)]).double().sum()
     return float(at_start - at_clean)
 
 

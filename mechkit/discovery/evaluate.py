@@ -30,7 +30,8 @@ from mechkit.discovery.forward import (
     ABLATIONS,
     Metric,
     run_masked_chunked,
-    sender_outputs_and_logits,
+    run_metric,
+    sender_outputs_and_metric,
     mechkit_runs,
     shared_ablation,
 )
@@ -131,10 +132,10 @@ def run_edge_masks(
         for start in range(0, len(pairs), plan.prompts):
             part = pairs[start : start + plan.prompts]
             with torch.no_grad():
-                clean = metric(model(part.clean.to(device)), part).float().cpu()
+                clean = run_metric(model, part.clean.to(device), part, metric).float().cpu()
                 if ablation == "resample":
-                    ablated, corrupted_logits = sender_outputs_and_logits(model, graph, part.corrupted.to(device))
-                    empty = metric(corrupted_logits, part).float().cpu()
+                    ablated, empty = sender_outputs_and_metric(model, graph, part.corrupted.to(device), part, metric)
+                    empty = empty.float().cpu()
                 else:
                     ablated, empty = shared, None
             values = torch.empty(len(unique), len(part))

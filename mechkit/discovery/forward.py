@@ -21,9 +21,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from mechkit import metrics
 from mechkit._types import PromptPairs
 from mechkit.discovery.graph import QKV, Graph
 from mechkit.errors import MechkitError
+from mechkit.patching._metrics import project
 
 Metric = Callable[[Tensor, PromptPairs], Tensor]
 ABLATIONS = ("resample", "mean", "zero")
@@ -121,20 +123,26 @@ def _sender_value(model: HookedTransformer, sender: SenderHook, act: Tensor) -> 
     return einops.einsum(act, w_o.to(act.dtype), "b p h e, h e d -> b p h d")
 
 
-def sender_outputs(
-    model: HookedTransformer, graph: Graph, tokens: Int[Tensor, "batch pos"]
-) -> Float[Tensor, "batch pos n_fwd d_model"]:
-    """Every sender's output on ``tokens`` (an unmodified run)."""
-    return sender_outputs_and_logits(model, graph, tokens)[0]
+# Built-in metrics that read only the answer position's logits, and how little of the
+# unembedding they need there (see mechkit.patching._metrics.project).
+_ANSWER_SCOPES = {metrics.logit_diff: "columns", metrics.answer_prob: "position", metrics.accuracy: "position"}
 
 
-@torch.no_grad()
-def sender_outputs_and_logits(
-    model: HookedTransformer, graph: Graph, tokens: Int[Tensor, "batch pos"]
-) -> tuple[Float[Tensor, "batch pos n_fwd d_model"], Float[Tensor, "batch pos d_vocab"]]:
-    """Every sender's output on ``tokens`` and the logits of that same (unmodified) run."""
-    parts: list[Tensor] = []
+def run_metric(
+    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], pairs: PromptPairs, metric: Metric, hooks: list = ()
+) -> Float[Tensor, " batch"]:
+    """``metric(model.run_with_hooks(tokens, fwd_hooks=hooks), pairs)``; for built-in metrics that
+    read the answer position only, just that position (or, for the logit difference, just its two
+    columns) is unembedded, rather than every position's whole vocabulary."""
+    scope = _ANSWER_SCOPES.get(metric)
+    if scope is None:
+        return metric(model.run_with_hooks(tokens, fwd_hooks=list(hooks)), pairs)
+    resid = model.run_with_hooks(tokens, fwd_hooks=list(hooks), stop_at_layer=model.cfg.n_layers)
+    logits, at = project(model, resid, pairs, 0, scope)
+    return metric(logits, at)
 
+
+def _sender_saving_hooks(model: HookedTransformer, graph: Graph, parts: list[Tensor]) -> list:
     def save(sender: SenderHook):
         def hook(act: Tensor, hook) -> None:
             parts.append(_sender_value(model, sender, act).detach())
@@ -143,8 +151,27 @@ def sender_outputs_and_logits(
 
     # senders are read at hook_z / hook_mlp_out, which a plain run has: no split q/k/v inputs
     # (they would cost a forward per head for nothing)
-    logits = model.run_with_hooks(tokens, fwd_hooks=[(s.hook, save(s)) for s in sender_hooks(graph)])
-    return torch.cat(parts, dim=2), logits
+    return [(s.hook, save(s)) for s in sender_hooks(graph)]
+
+
+@torch.no_grad()
+def sender_outputs(
+    model: HookedTransformer, graph: Graph, tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos n_fwd d_model"]:
+    """Every sender's output on ``tokens`` (an unmodified run; no unembedding)."""
+    parts: list[Tensor] = []
+    model.run_with_hooks(tokens, fwd_hooks=_sender_saving_hooks(model, graph, parts), stop_at_layer=model.cfg.n_layers)
+    return torch.cat(parts, dim=2)
+
+
+@torch.no_grad()
+def sender_outputs_and_metric(
+    model: HookedTransformer, graph: Graph, tokens: Int[Tensor, "batch pos"], pairs: PromptPairs, metric: Metric
+) -> tuple[Float[Tensor, "batch pos n_fwd d_model"], Float[Tensor, " batch"]]:
+    """Every sender's output on ``tokens`` and the metric of that same (unmodified) run."""
+    parts: list[Tensor] = []
+    values = run_metric(model, tokens, pairs, metric, _sender_saving_hooks(model, graph, parts))
+    return torch.cat(parts, dim=2), values
 
 
 def ablated_outputs(
@@ -309,8 +336,7 @@ def run_masked(
     tokens = pairs.clean.to(device).repeat(n_circuits, 1)
     # node masks patch outputs only: no per-head q/k/v inputs (each costs about a forward per head)
     with graph_hooks_enabled(model) if edges else nullcontext():
-        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-    values = metric(logits, repeat_pairs(pairs, n_circuits))
+        values = run_metric(model, tokens, repeat_pairs(pairs, n_circuits), metric, hooks)
     return einops.rearrange(values, "(c b) ... -> c b ...", c=n_circuits)
 
 

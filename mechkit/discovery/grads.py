@@ -25,15 +25,9 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from mechkit import metrics
 from mechkit._types import PromptPairs
-from mechkit.discovery.forward import QKV, Metric, config_flags, repeat_pairs
+from mechkit.discovery.forward import QKV, Metric, config_flags, repeat_pairs, run_metric
 from mechkit.discovery.graph import Graph
-from mechkit.patching._metrics import project
-
-# Built-in metrics that read only the answer position's logits, and how little of the
-# unembedding they need there (see mechkit.patching._metrics.project).
-_ANSWER_SCOPES = {metrics.logit_diff: "columns", metrics.answer_prob: "position"}
 
 
 def norm_vjp(ln: torch.nn.Module, kind: str | None, x: Float[Tensor, "batch pos d"], grad: Float[Tensor, "batch pos r d"]) -> Float[Tensor, "batch pos r d"]:
@@ -107,16 +101,8 @@ def receiver_grads_plain(
              "use_hook_mlp_in": graph.has_mlp}
     tokens = pairs.clean.to(device).repeat(n_runs, 1)
     run_pairs = repeat_pairs(pairs, n_runs) if n_runs > 1 else pairs
-    scope = _ANSWER_SCOPES.get(metric)
     with torch.enable_grad(), config_flags(model, **flags):
-        if scope is None:
-            logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-        else:
-            # the metric reads the answer position only: unembed just that (for the logit
-            # difference, just its two columns) rather than every position's full vocabulary
-            resid = model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=cfg.n_layers)
-            logits, run_pairs = project(model, resid, run_pairs, 0, scope)
-        value = metric(logits, run_pairs).sum()
+        value = run_metric(model, tokens, run_pairs, metric, hooks).sum()
         keys = [k for k, t in at.items() if t.requires_grad]
         grads = dict(zip(keys, torch.autograd.grad(value, [at[k] for k in keys], allow_unused=True)))
 

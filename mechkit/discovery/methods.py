@@ -37,6 +37,7 @@ from mechkit._types import PromptPairs
 from mechkit.discovery.forward import (
     Metric,
     repeat_pairs,
+    run_metric,
     sender_hooks,
     run_masked_chunked,
     sender_outputs,
@@ -173,7 +174,7 @@ def exact(
     model: HookedTransformer, graph: Graph, pairs: PromptPairs, metric: Metric, ablated: Tensor, *, progress: bool = False, max_batch: int = 512
 ) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
-        base = metric(model(pairs.clean.to(model.cfg.device)), pairs).float().mean().cpu()
+        base = run_metric(model, pairs.clean.to(model.cfg.device), pairs, metric).float().mean().cpu()
     real = graph.real.float()
     per = max(1, max_batch // len(pairs))
     edge_scores = []
