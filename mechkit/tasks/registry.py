@@ -37,7 +37,9 @@ def merge_params(name: str, defaults: dict[str, Any], params: dict[str, Any]) ->
     """``defaults`` updated with ``params``; an unknown parameter is a SpecError."""
     unknown = sorted(set(params) - set(defaults))
     if unknown:
-        raise SpecError(f"unknown parameter {unknown[0]!r} for task {name!r}: " + did_you_mean(unknown[0], list(defaults)))
+        raise SpecError(
+            f"unknown parameter {unknown[0]!r} for task {name!r}: " + did_you_mean(unknown[0], list(defaults))
+        )
     return {**defaults, **params}
 
 
