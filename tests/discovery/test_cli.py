@@ -12,7 +12,7 @@ from tests.discovery.conftest import random_pairs
 @pytest.fixture
 def fake_data(monkeypatch):
     """--data reads CSVs through mechkit.patching.read_pairs; stand in random pairs for it."""
-    import types
+    import mechkit.patching
 
     seen = {}
 
@@ -20,8 +20,7 @@ def fake_data(monkeypatch):
         seen["path"] = str(path)
         return random_pairs(8, seed=5)
 
-    module = types.SimpleNamespace(read_pairs=read_pairs)
-    monkeypatch.setitem(__import__("sys").modules, "mechkit.patching", module)
+    monkeypatch.setattr(mechkit.patching, "read_pairs", read_pairs)
     return seen
 
 
