@@ -43,7 +43,7 @@ GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM"}
 # Tensor encodings transformers' GGUF reader dequantizes.
 _PLAIN_TYPES = {"F32", "F16", "BF16"}
 
-CACHE_FORMAT = 1  # bump when the cached checkpoint's layout changes
+CACHE_FORMAT = 2  # bump when the cached checkpoint's layout changes
 
 
 def packaged_name(spec: str) -> str | None:
@@ -170,10 +170,11 @@ def gguf_checkpoint(path: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=target.parent))
     try:
-        _convert(path, summary.architecture, tmp)
+        adds_bos = _convert(path, summary.architecture, tmp)
         (tmp / "mechkit_source.json").write_text(json.dumps({
             "format": CACHE_FORMAT, "gguf_file": path.name, "gguf_sha256": digest,
             "gguf_bytes": path.stat().st_size, "architecture": summary.architecture,
+            "tokenizer_adds_bos": adds_bos,
         }, indent=2) + "\n")
         if target.exists():  # an incomplete earlier attempt
             shutil.rmtree(target)
@@ -192,8 +193,14 @@ def _complete(folder: Path) -> bool:
     return isinstance(source, dict) and source.get("format") == CACHE_FORMAT and (folder / "model.safetensors").is_file()
 
 
-def _convert(path: Path, architecture: str, out: Path) -> None:
-    """Dequantize ``path`` with transformers and save a plain float32 checkpoint into ``out``."""
+def tokenizer_adds_bos(checkpoint: Path) -> bool:
+    """Whether the GGUF's own tokenizer starts every text with BOS (recorded at conversion)."""
+    return bool(json.loads((checkpoint / "mechkit_source.json").read_text())["tokenizer_adds_bos"])
+
+
+def _convert(path: Path, architecture: str, out: Path) -> bool:
+    """Dequantize ``path`` with transformers and save a plain float32 checkpoint into ``out``;
+    returns whether its tokenizer prepends BOS."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -216,6 +223,8 @@ def _convert(path: Path, architecture: str, out: Path) -> None:
     del quantized
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
 
 
 def _first_line(err: BaseException) -> str:

@@ -96,13 +96,11 @@ def load_model(
     if spec_str.startswith(ORGANISM_PREFIX):
         model = load_organism(spec_str[len(ORGANISM_PREFIX) :], device, dtype)
     elif (packaged := gguf.packaged_name(spec_str)) is not None:
-        checkpoint = gguf.gguf_checkpoint(gguf.packaged_gguf(packaged))
-        model = load_hf_dir(checkpoint, device, dtype, label=gguf.PACKAGED[packaged][1].split(".")[0])
+        model = load_gguf(gguf.packaged_gguf(packaged), device, dtype)
         spec_str = packaged
     elif spec_str.lower().endswith(".gguf"):
-        path = Path(spec_str)
-        model = load_hf_dir(gguf.gguf_checkpoint(path), device, dtype, label=path.stem)
-        spec_str = str(path.resolve())
+        model = load_gguf(Path(spec_str), device, dtype)
+        spec_str = str(Path(spec_str).resolve())
     elif Path(spec_str).exists():
         model = load_hf_dir(Path(spec_str), device, dtype)
         spec_str = str(Path(spec_str).resolve())
@@ -205,6 +203,19 @@ def save_organism(model: HookedTransformer, path: str | os.PathLike, card: dict 
         if tmp.exists():
             shutil.rmtree(tmp)
     return path
+
+
+# --- GGUF files ------------------------------------------------------------------------
+
+
+def load_gguf(path: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
+    """A GGUF file's model, through its cached float32 checkpoint (:mod:`mechkit.models.gguf`)."""
+    checkpoint = gguf.gguf_checkpoint(path)
+    model = load_hf_dir(checkpoint, device, dtype, label=path.name.split(".")[0])
+    # TransformerLens prepends BOS to every prompt by default; prompts tokenize here as the
+    # model's own tokenizer tokenizes them (SmolLM2's adds no BOS, and scores IOI better without)
+    model.cfg.default_prepend_bos = gguf.tokenizer_adds_bos(checkpoint)
+    return model
 
 
 # --- Hugging Face checkpoints ----------------------------------------------------------

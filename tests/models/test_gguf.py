@@ -163,3 +163,12 @@ def test_broken_model_config_is_one_line(tmp_path, tiny_organism_dir, content, w
 def test_organism_name_cannot_be_a_path():
     line = mechkit("info", "organism:../../etc").assert_one_line_error(2)
     assert "not a plain name" in line
+
+
+def test_prompts_tokenize_as_the_model_s_own_tokenizer(smollm2):
+    # SmolLM2's tokenizer adds no BOS, so neither does to_tokens (TransformerLens's default would)
+    from transformers import AutoTokenizer
+
+    own = AutoTokenizer.from_pretrained(mk_gguf.gguf_checkpoint(mk_gguf.packaged_gguf("smollm2-135m")))
+    assert smollm2.cfg.default_prepend_bos is False
+    assert smollm2.to_tokens(PROMPT)[0].tolist() == own(PROMPT).input_ids
