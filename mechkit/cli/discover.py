@@ -100,6 +100,9 @@ def discover(
     target: float = typer.Option(0.9, help="oracle faithfulness target"),
     out: Path = typer.Option(None, help="directory to save circuit.json in"),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
+    max_memory: str = typer.Option(
+        None, "--max-memory", help="working-memory budget, e.g. 6GB or 0.5 (a share of available memory); "
+        "default: half the available memory, at most 3 GiB on a CPU"),
 ) -> None:
     """Discover a circuit, print a summary, and save it."""
     from mechkit.cli._inputs import check_count, check_out_dir
@@ -111,6 +114,10 @@ def discover(
         raise DataError("pass exactly one of --task NAME or --data pairs.csv (an organism:NAME spec implies its task)")
     check_arguments(method, edges, rule, threshold, ablation, ig_steps, tau, target)
     check_count(n, "--n")
+    if max_memory is not None:
+        from mechkit.memory import parse_size
+
+        parse_size(max_memory)
     if out is not None:
         check_out_dir(out, files=("circuit.json",))
     if data is not None:
@@ -138,7 +145,7 @@ def discover(
         warnings.simplefilter("always", IntegrationWarning)
         circuit = run_discover(
             model, pairs, method, edges, rule=rule, threshold=threshold, ablation=ablation,
-            model_spec=spec, progress=True, **options,
+            model_spec=spec, progress=True, max_memory=max_memory, **options,
         )
     unresolved = [str(w.message) for w in caught if issubclass(w.category, IntegrationWarning)]
     for w in caught:  # anything else is shown as usual

@@ -114,3 +114,9 @@ def test_ctrl_c_exits_130(tmp_path):
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines() == ["aborted"], stderr
+
+
+def test_bad_memory_budget_is_refused_before_loading(tmp_path):
+    line = mechkit("discover", "organism:chekhov", "--max-memory", "lots", "--out", tmp_path / "o").assert_one_line_error(2)
+    assert "'lots'" in line and "6GB" in line
+    assert not (tmp_path / "o").exists()
