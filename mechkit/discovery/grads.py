@@ -107,24 +107,27 @@ def receiver_grads_plain(
         grads = dict(zip(keys, torch.autograd.grad(value, [at[k] for k in keys], allow_unused=True)))
 
     rows, pos = tokens.shape
-    out = torch.zeros(rows, pos, graph.n_backward, cfg.d_model, device=device, dtype=resid_pre[0].dtype)
-    for layer in range(graph.n_layers):
-        block = model.blocks[layer]
-        weights = {"q": block.attn.W_Q, "k": block.attn.W_K, "v": block.attn.W_V}  # [head, d_model, d_head], k/v ungrouped
-        parts = []
-        for x in QKV:
-            g = grads.get((layer, x))
-            if g is None:
-                parts.append(out.new_zeros(rows, pos, graph.n_heads, cfg.d_model))
-            else:
-                parts.append(einops.einsum(g, weights[x].to(g.dtype), "b p h e, h d e -> b p h d"))
-        if any(grads.get((layer, x)) is not None for x in QKV):
-            start = graph.qkv_bwd(layer, "q")  # a layer's q, k, v receivers are contiguous
-            out[:, :, start : start + 3 * graph.n_heads] = norm_vjp(
-                block.ln1, cfg.normalization_type, resid_pre[layer], torch.cat(parts, dim=2)
-            )
-        if graph.has_mlp and grads.get((layer, "mlp")) is not None:
-            out[:, :, graph.mlp_bwd(layer)] = grads[(layer, "mlp")]
-    if grads.get((-1, "logits")) is not None:
-        out[:, :, graph.logits_bwd] = grads[(-1, "logits")]
-    return out
+    # the conversion reads parameters (W_Q/K/V, the norm weight): keep it out of autograd, so the
+    # result holds no graph (a graph here kept every earlier chunk alive through the callers' sums)
+    with torch.no_grad():
+        out = torch.zeros(rows, pos, graph.n_backward, cfg.d_model, device=device, dtype=resid_pre[0].dtype)
+        for layer in range(graph.n_layers):
+            block = model.blocks[layer]
+            weights = {"q": block.attn.W_Q, "k": block.attn.W_K, "v": block.attn.W_V}  # [head, d_model, d_head], k/v ungrouped
+            parts = []
+            for x in QKV:
+                g = grads.get((layer, x))
+                if g is None:
+                    parts.append(out.new_zeros(rows, pos, graph.n_heads, cfg.d_model))
+                else:
+                    parts.append(einops.einsum(g, weights[x].to(g.dtype), "b p h e, h d e -> b p h d"))
+            if any(grads.get((layer, x)) is not None for x in QKV):
+                start = graph.qkv_bwd(layer, "q")  # a layer's q, k, v receivers are contiguous
+                out[:, :, start : start + 3 * graph.n_heads] = norm_vjp(
+                    block.ln1, cfg.normalization_type, resid_pre[layer], torch.cat(parts, dim=2)
+                )
+            if graph.has_mlp and grads.get((layer, "mlp")) is not None:
+                out[:, :, graph.mlp_bwd(layer)] = grads[(layer, "mlp")]
+        if grads.get((-1, "logits")) is not None:
+            out[:, :, graph.logits_bwd] = grads[(-1, "logits")]
+        return out

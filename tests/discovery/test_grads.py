@@ -30,6 +30,7 @@ def test_plain_grads_equal_split_input_grads(arch):
     expected = receiver_grads(model, graph, pairs, logit_diff, embed=embed)
     got = receiver_grads_plain(model, graph, pairs, logit_diff, embed=embed)
     assert expected.abs().sum() > 0
+    assert not got.requires_grad  # no autograd graph: callers' running sums would keep every chunk alive
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
     # a replaced activation (EAP-IG-activations): no gradient flows through it
     hook = "blocks.0.hook_attn_out"
