@@ -87,6 +87,11 @@ def hooked_from_hf_dir(
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
+    if cfg.positional_embedding_type == "alibi" and hasattr(model, "pos_embed"):
+        # TransformerLens builds a learned position table for ALiBi models too (BLOOM), never
+        # loads or reads it, and leaves it uninitialised: zero it so fingerprints are stable
+        with torch.no_grad():
+            model.pos_embed.W_pos.zero_()
     return model.to(device, print_details=False)
 
 

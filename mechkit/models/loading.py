@@ -44,12 +44,9 @@ SUPPORTED_ARCHITECTURES = (
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
-    "GemmaForCausalLM",
-    "Gemma2ForCausalLM",
-    "PhiForCausalLM",
     "Phi3ForCausalLM",
     "BloomForCausalLM",
-)
+)  # Gemma, Gemma2 and Phi are not listed: TransformerLens 3.9 cannot convert them
 
 
 def default_device() -> str:
@@ -258,11 +255,21 @@ def load_hf_dir(path: Path, device: str, dtype: torch.dtype, label: str = "check
     # the Hugging Face model, its TransformerLens copy and the converted state dict coexist
     check_fits(3 * _hf_param_count(path) * torch.finfo(dtype).bits // 8, f"the checkpoint in {path}")
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, use_safetensors=True, dtype=dtype
+        hf_model, info = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, use_safetensors=True, dtype=dtype, output_loading_info=True
         )
     except Exception as err:  # transformers raises many types; keep one line of it
         raise SpecError(f"could not load the checkpoint in {path}: {_first_line(err)}") from None
+    # transformers fills missing weights with random values and drops unexpected ones, with a
+    # log line at most: a model that is not the checkpoint's must not load quietly
+    missing, unexpected = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
+    if missing or unexpected:
+        which = "lacks weights for" if missing else "holds weights config.json does not describe:"
+        names = missing or unexpected
+        raise SpecError(
+            f"the checkpoint in {path} {which} {', '.join(names[:3])}"
+            f"{f' and {len(names) - 3} more' if len(names) > 3 else ''}: its config.json and weights disagree; re-save it"
+        )
     try:
         return _tl.hooked_from_hf_dir(path, hf_model, tokenizer, device, dtype, label=label)
     except Exception as err:

@@ -211,3 +211,31 @@ def test_model_remembers_its_spec(tiny_organism_dir, tmp_path):
 
     assert spec_of(load_model("organism:tiny", device="cpu")) == "organism:tiny"
     assert spec_of(load_model(tiny_organism_dir, device="cpu")) == str(tiny_organism_dir.resolve())
+
+
+@pytest.mark.parametrize("change", ["more-layers", "missing-tensor"])
+def test_weights_that_disagree_with_config_are_refused(tmp_path, change):
+    # issue: such checkpoints loaded with random weights and a new fingerprint on every load
+    from safetensors.torch import load_file, save_file
+
+    save_checkpoint(_llama, tmp_path)
+    if change == "more-layers":
+        config = json.loads((tmp_path / "config.json").read_text())
+        config["num_hidden_layers"] = 4
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    else:
+        tensors = load_file(tmp_path / "model.safetensors")
+        del tensors[next(k for k in sorted(tensors) if "layers.1.mlp" in k)]
+        save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SpecError, match="config.json and weights disagree"):
+        load_model(tmp_path, device="cpu")
+
+
+def test_bloom_fingerprint_is_stable(tmp_path):
+    # BLOOM (ALiBi): TransformerLens's unused position table was uninitialised memory
+    from mechkit.models import fingerprint
+
+    bloom = lambda: transformers.BloomForCausalLM(  # noqa: E731
+        transformers.BloomConfig(vocab_size=V, hidden_size=32, n_layer=2, n_head=4))
+    save_checkpoint(bloom, tmp_path)
+    assert fingerprint(load_model(tmp_path, device="cpu")) == fingerprint(load_model(tmp_path, device="cpu"))
