@@ -84,6 +84,7 @@ def run_demo(
     seconds: dict[str, float] = {}
     spec = f"organism:{organism}"
     files: dict[str, Path] = {}
+    figures: dict[str, object] = {}  # plotly figures, embedded again in the report
 
     with _timed(seconds, "load"):
         model = load_model(spec, device=device)
@@ -95,8 +96,9 @@ def run_demo(
         kw = dict(metric="normalized-logit-diff", direction="denoising", progress=progress)
         resid = patching.get_act_patch_resid_pre(model, pairs, **kw)
         heads = patching.get_act_patch_attn_head_out_all_pos(model, pairs, **kw)
-        files["patching_resid"] = _write_figure(resid.heatmap(), out / "patching_resid_pre.html")
-        files["patching_heads"] = _write_figure(heads.heatmap(), out / "patching_heads.html")
+        figures["patching_resid"], figures["patching_heads"] = resid.heatmap(), heads.heatmap()
+        files["patching_resid"] = _write_figure(figures["patching_resid"], out / "patching_resid_pre.html")
+        files["patching_heads"] = _write_figure(figures["patching_heads"], out / "patching_heads.html")
 
     with _timed(seconds, "discovery"):
         with warnings.catch_warnings():  # the summary reports the integral check itself
@@ -121,7 +123,8 @@ def run_demo(
         files["circuit"] = save_circuit(circuit, out / f"{organism}.circuit.json")
         verdict = verify_circuit(files["circuit"], device=device)
         files["viewer"] = write_html(circuit, out / f"{organism}.circuit.html")
-        files["curve"] = _write_figure(_curve_figure(curve), out / "faithfulness_curve.html")
+        figures["curve"] = _curve_figure(curve)
+        files["curve"] = _write_figure(figures["curve"], out / "faithfulness_curve.html")
 
     node_scores = sorted(scores.node_dict().items(), key=lambda kv: -abs(kv[1]))
     result = DemoResult(
@@ -142,7 +145,7 @@ def run_demo(
         files=files,
         seconds=seconds,
     )
-    files["report"] = _write_report(result, circuit, out / "report.html")
+    files["report"] = _write_report(result, circuit, figures, out / "report.html")
     files["summary"] = out / "summary.json"
     _write_json(out / "summary.json", _summary_dict(result))
     return result
@@ -157,7 +160,8 @@ def _budget_from_curve(curve, target: float) -> int:
 
 
 def _write_figure(fig, path: Path) -> Path:
-    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    # plotly.js (4.6 MB) once, as plotly.min.js beside the figures, not inlined in each file
+    fig.write_html(path, include_plotlyjs="directory", full_html=True)
     return path
 
 
@@ -203,8 +207,11 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def _write_report(r: DemoResult, circuit, path: Path) -> Path:
-    """One offline page: the summary, links to the figures, and the circuit viewer inline."""
+def _write_report(r: DemoResult, circuit, figures: dict, path: Path) -> Path:
+    """One self-contained offline page: the summary, the figures and the circuit viewer, with
+    plotly.js inlined once."""
+    from plotly.offline import get_plotlyjs
+
     from mechkit.viewer import circuit_html
 
     rows = [
@@ -223,16 +230,24 @@ def _write_report(r: DemoResult, circuit, path: Path) -> Path:
         for k, p in r.files.items()
         if k != "report"
     )
+    titles = {"curve": "Faithfulness curve", "patching_resid": "Activation patching: residual stream",
+              "patching_heads": "Activation patching: attention heads"}
+    embedded = "\n".join(
+        f"<h2>{titles.get(key, key)}</h2>\n" + fig.to_html(include_plotlyjs=False, full_html=False)
+        for key, fig in figures.items()
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>mechkit report: {html.escape(r.organism)}</title>
+<script type="text/javascript">{get_plotlyjs()}</script>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}
 table{{border-collapse:collapse}}th,td{{text-align:left;padding:4px 12px;border-bottom:1px solid #ddd}}</style>
 </head><body>
 <h1>mechkit report: organism:{html.escape(r.organism)}</h1>
 <table>{table}</table>
-<h2>Files</h2><ul>{links}</ul>
 <h2>Circuit</h2>
 {circuit_html(circuit, full_page=False)}
+{embedded}
+<h2>Files</h2><ul>{links}</ul>
 </body></html>
 """
     path.write_text(page, encoding="utf-8")

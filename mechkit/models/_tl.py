@@ -159,4 +159,4 @@ def keep_heads(model: HookedTransformer, heads: list[list[int]]) -> HookedTransf
             value = value[heads[int(parts[1])]]
         state[key] = value
     small.load_state_dict(state, strict=False)
-    return small.to(next(model.parameters()).device)
+    return small.to(next(model.parameters()).device, print_details=False)
