@@ -100,7 +100,10 @@ def test_ctrl_c_exits_130(tmp_path):
     fifo = tmp_path / "never-written"
     os.mkfifo(fifo)
     script = (
-        "import sys\nfrom mechkit.cli import app, main\n"
+        # a job started in the background (as CI may run the suite) inherits SIGINT ignored;
+        # a terminal's Ctrl-C reaches a process that has Python's default handler
+        "import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from mechkit.cli import app, main\n"
         "@app.command('wait-on')\ndef _wait(path: str):\n"
         "    print('ready', flush=True)\n    open(path).read()\n"
         "main(['wait-on', sys.argv[1]])\n"
