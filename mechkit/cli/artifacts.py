@@ -90,9 +90,9 @@ def show(
 def _model_cfg(spec: str, d_model: int | None) -> dict:
     if d_model is not None:
         return {"d_model": d_model}
-    from mechkit.models import load_model
+    from mechkit.models.loading import load_config
 
-    cfg = load_model(spec, device="cpu").cfg
+    cfg = load_config(spec)  # the config alone: no weights are loaded
     return {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
             "parallel_attn_mlp": bool(cfg.parallel_attn_mlp)}
 

@@ -71,10 +71,7 @@ def hooked_from_hf_dir(
     """
     with _neutral_checkpoint_view(path, label) as tmp:
         view = str(Path(tmp) / label)
-        cfg = tl_loading.get_pretrained_model_config(
-            view, fold_ln=False, device=device, dtype=dtype, local_files_only=True
-        )
-        cfg.model_name = path.name if label == "checkpoint" else label
+        cfg = _config_in_view(path, view, label, device, dtype)
         state_dict = tl_loading.get_pretrained_state_dict(
             view, cfg, hf_model=hf_model, dtype=dtype, local_files_only=True
         )
@@ -93,6 +90,19 @@ def hooked_from_hf_dir(
         with torch.no_grad():
             model.pos_embed.W_pos.zero_()
     return model.to(device, print_details=False)
+
+
+def _config_in_view(path: Path, view: str, label: str, device: str, dtype: torch.dtype) -> HookedTransformerConfig:
+    cfg = tl_loading.get_pretrained_model_config(view, fold_ln=False, device=device, dtype=dtype, local_files_only=True)
+    cfg.model_name = path.name if label == "checkpoint" else label
+    return cfg
+
+
+def hf_dir_config(path: Path, device: str, dtype: torch.dtype, label: str = "checkpoint") -> HookedTransformerConfig:
+    """The HookedTransformerConfig a checkpoint directory converts to, read from its config.json
+    alone (no weights are loaded)."""
+    with _neutral_checkpoint_view(path, label) as tmp:
+        return _config_in_view(path, str(Path(tmp) / label), label, device, dtype)
 
 
 def config_to_dict(cfg: HookedTransformerConfig) -> dict:

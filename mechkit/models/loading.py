@@ -109,6 +109,37 @@ def load_model(
     return model
 
 
+def load_config(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | str | None = None):
+    """The TransformerLens config of a spec, from its config files alone: no weights are loaded
+    (a GGUF is converted once into the cache, as by :func:`load_model`)."""
+    dtype = _parse_dtype(dtype)
+    spec_str = os.fspath(spec)
+    if spec_str.startswith(ORGANISM_PREFIX):
+        return _organism_config(_organism_path(spec_str[len(ORGANISM_PREFIX) :]), device, dtype)
+    if (packaged := gguf.packaged_name(spec_str)) is not None or spec_str.lower().endswith(".gguf"):
+        path = gguf.packaged_gguf(packaged) if packaged else Path(spec_str)
+        return _tl.hf_dir_config(gguf.gguf_checkpoint(path), device, dtype, label=path.name.split(".")[0])
+    path = Path(spec_str)
+    if not path.exists():
+        official = _tl.official_name(spec_str)
+        if official is None:
+            raise SpecError(f"unknown model spec {spec_str!r}: not organism:NAME, a GGUF, an existing directory or a pretrained name")
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            path = Path(snapshot_download(official, local_files_only=True))
+        except LocalEntryNotFoundError:
+            raise SpecError(f"{spec_str!r} ({official}) is not in the local Hugging Face cache at {_tl.hf_cache_dir()}") from None
+    if (path / ORGANISM_CONFIG).is_file():
+        return _organism_config(path, device, dtype)
+    _read_config_json(path / "config.json")
+    try:
+        return _tl.hf_dir_config(path, device, dtype)
+    except Exception as err:
+        raise SpecError(f"TransformerLens cannot read the config in {path}: {_first_line(err)}") from None
+
+
 def spec_of(model: HookedTransformer) -> str:
     """The spec a model was loaded with by :func:`load_model` ("" for models built otherwise)."""
     return getattr(model, "mechkit_spec", "")
@@ -129,7 +160,7 @@ def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 # --- organisms -------------------------------------------------------------------------
 
 
-def load_organism(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+def _organism_path(name: str) -> Path:
     if not _ORGANISM_NAME.fullmatch(name):
         raise SpecError(
             f"organism name {name!r} is not a plain name (letters, digits, '-', '_'): "
@@ -141,20 +172,16 @@ def load_organism(name: str, device: str, dtype: torch.dtype) -> HookedTransform
             f"no model organism {name!r} under {organisms_dir()}: "
             + did_you_mean(name, available_organisms())
         )
-    return load_organism_dir(path, device, dtype)
+    return path
+
+
+def load_organism(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+    return load_organism_dir(_organism_path(name), device, dtype)
 
 
 def load_organism_dir(path: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
     """Load an organism directory written by :func:`save_organism`."""
-    config = _read_config_json(path / ORGANISM_CONFIG)
-    for key in _SIZE_FIELDS:
-        value = config.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise SpecError(f"{path / ORGANISM_CONFIG}: {key} is {value!r}, not a positive integer: re-save the organism")
-    try:
-        cfg = _tl.config_from_dict(config, device=device, dtype=dtype)
-    except (TypeError, ValueError, AssertionError, OverflowError, ZeroDivisionError) as err:
-        raise SpecError(f"{path / ORGANISM_CONFIG} is not a valid model config ({_first_line(err)})") from None
+    cfg = _organism_config(path, device, dtype)
     check_fits(_hooked_bytes(cfg, dtype), f"the model in {path}")
     tokenizer = _load_tokenizer(path)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
@@ -168,6 +195,19 @@ def load_organism_dir(path: Path, device: str, dtype: torch.dtype) -> HookedTran
             "re-save the organism"
         ) from None
     return model.to(device, print_details=False)
+
+
+def _organism_config(path: Path, device: str, dtype: torch.dtype):
+    """An organism directory's HookedTransformerConfig, checked field by field."""
+    config = _read_config_json(path / ORGANISM_CONFIG)
+    for key in _SIZE_FIELDS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise SpecError(f"{path / ORGANISM_CONFIG}: {key} is {value!r}, not a positive integer: re-save the organism")
+    try:
+        return _tl.config_from_dict(config, device=device, dtype=dtype)
+    except (TypeError, ValueError, AssertionError, OverflowError, ZeroDivisionError) as err:
+        raise SpecError(f"{path / ORGANISM_CONFIG} is not a valid model config ({_first_line(err)})") from None
 
 
 def save_organism(model: HookedTransformer, path: str | os.PathLike, card: dict | None = None) -> Path:

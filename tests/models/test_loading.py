@@ -239,3 +239,34 @@ def test_bloom_fingerprint_is_stable(tmp_path):
         transformers.BloomConfig(vocab_size=V, hidden_size=32, n_layer=2, n_head=4))
     save_checkpoint(bloom, tmp_path)
     assert fingerprint(load_model(tmp_path, device="cpu")) == fingerprint(load_model(tmp_path, device="cpu"))
+
+
+def test_load_config_reads_no_weights(tmp_path, monkeypatch, tiny_organism_dir):
+    # `mechkit export` needs d_model, layers and heads only: load_config reads config files alone
+    from mechkit.models import loading
+
+    save_checkpoint(_llama, tmp_path / "llama")
+    expected = {spec: load_model(spec, device="cpu").cfg for spec in ("organism:tiny", str(tmp_path / "llama"))}
+    monkeypatch.setattr(loading, "load_file", lambda *a, **k: pytest.fail("weights were read"))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("weights were read"))
+    for spec, cfg in expected.items():
+        got = loading.load_config(spec)
+        assert (got.d_model, got.n_layers, got.n_heads, got.n_key_value_heads) == (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads)
+
+
+def test_export_does_not_load_the_model(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    import mechkit.models
+    from mechkit.cli import app
+    from mechkit.models import loading
+
+    for module in (loading, mechkit.models):
+        monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("export loaded the model"))
+    shipped = Path(__file__).resolve().parents[2] / "circuits" / "wired-induction.circuit.json"
+    res = CliRunner().invoke(app, ["export", str(shipped), "--to", "eap-ig", "--out", str(tmp_path / "g.json")])
+    assert res.exit_code == 0, res.output
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "g.json").read_text())["cfg"]["d_model"] == load_model("organism:wired-induction", device="cpu").cfg.d_model
