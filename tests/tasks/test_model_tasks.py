@@ -62,10 +62,13 @@ def test_rows_are_right_padded_with_answer_at_the_last_token(tokenizer):
 
 
 def test_bos_follows_the_model_unless_asked(smollm2, tokenizer):
-    bos = smollm2.cfg.default_prepend_bos
-    for source in (smollm2, tokenizer):  # TransformerLens's tokenizer adds the BOS its model expects
-        pairs = task("ioi").generate(4, seed=0, model=source)
-        assert pairs.task["params"]["prepend_bos"] is bos and bool((pairs.clean[:, 0] == 1).all()) is bos
+    bos = smollm2.cfg.default_prepend_bos  # False: SmolLM2's own tokenizer adds no BOS
+    pairs = task("ioi").generate(4, seed=0, model=smollm2)
+    assert bos is False and pairs.task["params"]["prepend_bos"] is bos and not bool((pairs.clean[:, 0] == 1).any())
+    # a tokenizer alone: its own behaviour decides (TransformerLens's wrapper adds a BOS)
+    adds = tokenizer.encode("a")[:1] == [tokenizer.bos_token_id]
+    pairs = task("ioi").generate(4, seed=0, model=tokenizer)
+    assert pairs.task["params"]["prepend_bos"] is adds and bool((pairs.clean[:, 0] == 1).all()) is adds
     plain = task("ioi", prepend_bos=False).generate(4, seed=0, model=tokenizer)
     with_bos = task("ioi", prepend_bos=True).generate(4, seed=0, model=tokenizer)
     assert (with_bos.clean[:, 0] == tokenizer.bos_token_id).all() and torch.equal(with_bos.clean[:, 1:], plain.clean)
