@@ -367,6 +367,9 @@ def receiver_grads(
 ) -> Float[Tensor, "batch pos n_bwd d_model"]:
     """Gradient of ``metric(...).sum()`` with respect to every receiver's input, on the clean
     prompts; ``embed`` replaces the embedding output (``blocks.0.hook_resid_pre``) when given.
+
+    The reference computation, through TransformerLens's split q/k/v inputs; the scoring methods
+    use :func:`mechkit.discovery.grads.receiver_grads_plain`, tested equal to it.
     Model parameters' ``.grad`` are left untouched."""
     device = model.cfg.device
     saved: list[tuple[slice, Tensor]] = []
