@@ -121,16 +121,7 @@ def load_config(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dtype
         return _tl.hf_dir_config(gguf.gguf_checkpoint(path), device, dtype, label=path.name.split(".")[0])
     path = Path(spec_str)
     if not path.exists():
-        official = _tl.official_name(spec_str)
-        if official is None:
-            raise SpecError(f"unknown model spec {spec_str!r}: not organism:NAME, a GGUF, an existing directory or a pretrained name")
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        try:
-            path = Path(snapshot_download(official, local_files_only=True))
-        except LocalEntryNotFoundError:
-            raise SpecError(f"{spec_str!r} ({official}) is not in the local Hugging Face cache at {_tl.hf_cache_dir()}") from None
+        path = _cached_snapshot(spec_str)[0]
     if (path / ORGANISM_CONFIG).is_file():
         return _organism_config(path, device, dtype)
     _read_config_json(path / "config.json")
@@ -318,7 +309,8 @@ def load_hf_dir(path: Path, device: str, dtype: torch.dtype, label: str = "check
         ) from None
 
 
-def load_cached_pretrained(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+def _cached_snapshot(name: str) -> tuple[Path, str]:
+    """The local Hugging Face cache folder of a TransformerLens pretrained name, and its official id."""
     official = _tl.official_name(name)
     if official is None:
         raise SpecError(
@@ -330,14 +322,18 @@ def load_cached_pretrained(name: str, device: str, dtype: torch.dtype) -> Hooked
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        snapshot = snapshot_download(official, local_files_only=True)
+        return Path(snapshot_download(official, local_files_only=True)), official
     except LocalEntryNotFoundError:
         raise SpecError(
             f"{name!r} ({official}) is not in the local Hugging Face cache at {_tl.hf_cache_dir()}: "
             f"on a machine with network run `hf download {official}` and copy that cache here "
             "(or set HF_HOME to it), or pass a local checkpoint directory"
         ) from None
-    return load_hf_dir(Path(snapshot), device, dtype, label=official.split("/")[-1])
+
+
+def load_cached_pretrained(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
+    snapshot, official = _cached_snapshot(name)
+    return load_hf_dir(snapshot, device, dtype, label=official.split("/")[-1])
 
 
 # --- shared helpers --------------------------------------------------------------------
