@@ -15,7 +15,9 @@ Common arguments:
 - ``metric``: ``"logit-diff"`` (default), ``"normalized-logit-diff"``, ``"kl"``,
   ``"answer-prob"`` or a function ``(logits [batch, pos, d_vocab], pairs) -> [batch]``.
 - ``layers`` / ``positions``: restrict the sweep (positions apply to every position axis).
-- ``memory_gib``: activation memory per stacked forward pass (default 2 GiB).
+- ``max_memory``: the working-memory budget, bytes or a size such as ``"2GiB"`` (default
+  :func:`mechkit.memory.budget_bytes`: ``$MECHKIT_MAX_MEMORY``, else half the available
+  memory, at most 3 GiB on a CPU); ``memory_gib`` is its deprecated spelling in GiB.
 - ``progress``: ``None`` shows a bar for sweeps that take over a second; ``False`` never.
 """
 
@@ -26,9 +28,10 @@ from transformer_lens import HookedTransformer
 
 from mechkit._types import PromptPairs
 from mechkit.errors import ShapeError
-from mechkit.patching import _engine
+from mechkit.patching import _budget, _engine
+from mechkit.patching._budget import MaxMemory
 from mechkit.patching._labels import axis_labels
-from mechkit.patching._metrics import MetricLike, metric_name
+from mechkit.patching._metrics import MetricLike, metric_name, metric_scope
 from mechkit.patching._sweeps import EVERY, get_sweep
 from mechkit.patching.result import PatchResult
 
@@ -62,23 +65,44 @@ def activation_patch(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
-    """Run one named sweep (``mechkit.patching.SWEEPS``, or an "every" sweep) and label the result."""
+    """Run one named sweep (``mechkit.patching.SWEEPS``, or an "every" sweep) and label the result.
+
+    The clean and corrupted runs of all prompts are cached once; when they do not fit
+    ``max_memory`` with the patched forwards, the prompts run in chunks whose means are combined
+    weighted by chunk size (the same numbers). A budget too small for one prompt is refused.
+    """
+    budget = _budget.resolve(model, max_memory, memory_gib)
     if sweep in EVERY:
-        return _every(model, pairs, sweep, metric, direction, layers, positions, memory_gib, progress)
+        return _every(model, pairs, sweep, metric, direction, layers, positions, budget, progress)
     spec = get_sweep(sweep)
     _engine.check_direction(direction)
     layer_list = check_layers(model, layers)
     pos = check_positions(pairs, positions)
     keep = {a: pos for a in ("pos", "dest_pos", "src_pos")} if pos is not None else {}
     hooks = [spec.hook_name(layer) for layer in layer_list]
-    ctx = _engine.prepare(model, pairs, direction, metric, hooks)
-    flat = _engine.run_sweep(ctx, spec, layer_list, keep, int(memory_gib * 2**30), progress)
-    act = ctx.base.acts[hooks[0]]
+    n, n_pos = len(_engine.check_pairs(model, pairs)), pairs.clean.shape[1]
+    plan = _budget.sweep_plan(model, n, n_pos, spec.act_axes, len(layer_list), metric_scope(metric), budget)
+    part_metric = _budget.chunked_metric(metric)
+    total, clean_sum, corrupted_sum = 0.0, 0.0, 0.0
+    for start in range(0, n, plan.prompts):
+        part = pairs[start : start + plan.prompts]
+        ctx = _engine.prepare(model, part, direction, part_metric, hooks)
+        flat = _engine.run_sweep(ctx, spec, layer_list, keep, plan.rest, progress)
+        total = total + flat.double() * len(part)
+        clean_sum += ctx.clean_value * len(part)
+        corrupted_sum += ctx.corrupted_value * len(part)
+        act = ctx.base.acts[hooks[0]]
+        del ctx
+    flat, clean_value, corrupted_value = total / n, clean_sum / n, corrupted_sum / n
+    if part_metric is not metric:
+        flat = _budget.normalize(flat, clean_value, corrupted_value)
+        clean_value, corrupted_value = 1.0, 0.0
     sizes = dict(zip(spec.mask_axes, _engine.mask_shape(spec, act)))
-    sizes.update({a: len(pos) if pos is not None else pairs.clean.shape[1] for a in ("pos", "dest_pos", "src_pos")})
+    sizes.update({a: len(pos) if pos is not None else n_pos for a in ("pos", "dest_pos", "src_pos")})
     shape = (len(layer_list), *(sizes[a] for a in spec.index))
     values = flat.reshape(shape).float().cpu()
     return PatchResult(
@@ -88,15 +112,15 @@ def activation_patch(
         sweep=sweep,
         direction=direction,
         metric=metric_name(metric),
-        clean_value=ctx.clean_value,
-        corrupted_value=ctx.corrupted_value,
+        clean_value=clean_value,
+        corrupted_value=corrupted_value,
     )
 
 
-def _every(model, pairs, name, metric, direction, layers, positions, memory_gib, progress) -> PatchResult:
+def _every(model, pairs, name, metric, direction, layers, positions, budget, progress) -> PatchResult:
     parts = [
         activation_patch(model, pairs, s, metric, direction=direction, layers=layers, positions=positions,
-                         memory_gib=memory_gib, progress=progress)
+                         max_memory=budget, progress=progress)
         for s in EVERY[name]
     ]
     return stack_every(parts, name, direction)
@@ -122,12 +146,14 @@ def get_act_patch_resid_pre(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch the residual stream at the start of each block, by layer x position: [layer, pos]."""
     return activation_patch(model, pairs, "resid-pre", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_resid_mid(
@@ -138,12 +164,14 @@ def get_act_patch_resid_mid(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch the residual stream between attention and MLP, by layer x position: [layer, pos]."""
     return activation_patch(model, pairs, "resid-mid", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_resid_post(
@@ -154,12 +182,14 @@ def get_act_patch_resid_post(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch the residual stream at the end of each block, by layer x position: [layer, pos]."""
     return activation_patch(model, pairs, "resid-post", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_out(
@@ -170,12 +200,14 @@ def get_act_patch_attn_out(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch each attention layer's output, by layer x position: [layer, pos]."""
     return activation_patch(model, pairs, "attn-out", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_mlp_out(
@@ -186,12 +218,14 @@ def get_act_patch_mlp_out(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch each MLP's output, by layer x position: [layer, pos]."""
     return activation_patch(model, pairs, "mlp-out", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_head_out_by_pos(
@@ -202,12 +236,14 @@ def get_act_patch_attn_head_out_by_pos(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch each head's output (hook_z) by position: [layer, pos, head]."""
     return activation_patch(model, pairs, "head-out-by-pos", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_head_q_by_pos(
@@ -218,12 +254,14 @@ def get_act_patch_attn_head_q_by_pos(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch each head's queries by position: [layer, pos, head]."""
     return activation_patch(model, pairs, "head-q-by-pos", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_head_k_by_pos(
@@ -234,12 +272,14 @@ def get_act_patch_attn_head_k_by_pos(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch each key head's keys by position: [layer, pos, kv_head]."""
     return activation_patch(model, pairs, "head-k-by-pos", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_head_v_by_pos(
@@ -250,12 +290,14 @@ def get_act_patch_attn_head_v_by_pos(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch each value head's values by position: [layer, pos, kv_head]."""
     return activation_patch(model, pairs, "head-v-by-pos", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_head_pattern_by_pos(
@@ -266,12 +308,14 @@ def get_act_patch_attn_head_pattern_by_pos(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch each head's attention pattern row by destination position: [layer, head, dest_pos]."""
     return activation_patch(model, pairs, "head-pattern-by-pos", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_head_pattern_dest_src_pos(
@@ -282,12 +326,14 @@ def get_act_patch_attn_head_pattern_dest_src_pos(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch each single attention weight: [layer, head, dest_pos, src_pos]."""
     return activation_patch(model, pairs, "head-pattern-dest-src-pos", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_head_out_all_pos(
@@ -298,12 +344,14 @@ def get_act_patch_attn_head_out_all_pos(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch each head's output (hook_z) at all positions: [layer, head]."""
     return activation_patch(model, pairs, "head-out-all-pos", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_head_q_all_pos(
@@ -314,12 +362,14 @@ def get_act_patch_attn_head_q_all_pos(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch each head's queries at all positions: [layer, head]."""
     return activation_patch(model, pairs, "head-q-all-pos", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_head_k_all_pos(
@@ -330,12 +380,14 @@ def get_act_patch_attn_head_k_all_pos(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch each key head's keys at all positions: [layer, kv_head]."""
     return activation_patch(model, pairs, "head-k-all-pos", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_head_v_all_pos(
@@ -346,12 +398,14 @@ def get_act_patch_attn_head_v_all_pos(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch each value head's values at all positions: [layer, kv_head]."""
     return activation_patch(model, pairs, "head-v-all-pos", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_head_pattern_all_pos(
@@ -362,12 +416,14 @@ def get_act_patch_attn_head_pattern_all_pos(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch each head's whole attention pattern: [layer, head]."""
     return activation_patch(model, pairs, "head-pattern-all-pos", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_block_every(
@@ -378,12 +434,14 @@ def get_act_patch_block_every(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch resid_pre, attn_out and mlp_out stacked: [act=3, layer, pos]."""
     return activation_patch(model, pairs, "block-every", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_head_all_pos_every(
@@ -394,12 +452,14 @@ def get_act_patch_attn_head_all_pos_every(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch head output, q, k, v, pattern at all positions stacked: [act=5, layer, head]."""
     return activation_patch(model, pairs, "head-all-pos-every", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)
 
 
 def get_act_patch_attn_head_by_pos_every(
@@ -410,9 +470,11 @@ def get_act_patch_attn_head_by_pos_every(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Patch head output, q, k, v, pattern by position stacked: [act=5, layer, pos, head]."""
     return activation_patch(model, pairs, "head-by-pos-every", metric, direction=direction, layers=layers,
-                            positions=positions, memory_gib=memory_gib, progress=progress)
+                            positions=positions, max_memory=max_memory, memory_gib=memory_gib,
+                            progress=progress)

@@ -82,10 +82,18 @@ def test_normalized_logit_diff_is_the_normalised_logit_diff():
 
 
 def test_tiny_memory_budget_gives_same_result():
+    from mechkit.patching._budget import sweep_costs, sweep_plan
+    from mechkit.patching._sweeps import get_sweep
+
     model = MODELS["gpt2ish"]()
     pairs = make_pairs()
     big = activation_patch(model, pairs, "head-out-by-pos", progress=False)
-    small = activation_patch(model, pairs, "head-out-by-pos", memory_gib=1e-6, progress=False)
+    # the smallest budget that runs: one prompt per chunk, one patched item per forward
+    axes, n_pos = get_sweep("head-out-by-pos").act_axes, pairs.clean.shape[1]
+    tiny = sum(sweep_costs(model, n_pos, axes, 2, "columns"))
+    plan = sweep_plan(model, len(pairs), n_pos, axes, 2, "columns", tiny)
+    assert (plan.prompts, plan.rest) == (1, tiny - sweep_costs(model, n_pos, axes, 2, "columns")[0])
+    small = activation_patch(model, pairs, "head-out-by-pos", max_memory=tiny, progress=False)
     assert (big.values - small.values).abs().max() <= TOL
 
 

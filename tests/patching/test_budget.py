@@ -1,0 +1,76 @@
+"""Patching within a memory budget: prompts in chunks give the numbers of one chunk, and a
+budget too small for one prompt is refused in one line saying what it needs."""
+
+import pytest
+import torch
+
+from mechkit import load_model
+from mechkit.memory import MemoryBudgetError
+from mechkit.organisms import task
+from mechkit.patching import activation_patch, attribution_patch, path_patch, path_patch_heads
+from mechkit.patching._budget import sweep_costs, sweep_plan
+from mechkit.patching._metrics import metric_scope
+from mechkit.patching._sweeps import get_sweep
+from tests.patching.helpers import MODELS, make_pairs
+
+BIG = "64GB"
+
+
+@pytest.fixture(scope="module")
+def chekhov():
+    model = load_model("organism:chekhov", device="cpu")
+    return model, task("chekhov").generate(7, seed=0)
+
+
+def sweep_budget(model, pairs, sweep: str, metric: str, per_chunk: int) -> int:
+    """A byte budget under which an activation sweep caches ``per_chunk`` prompts at a time."""
+    spec, n_pos = get_sweep(sweep), pairs.clean.shape[1]
+    per_prompt, per_item = sweep_costs(model, n_pos, spec.act_axes, model.cfg.n_layers, metric_scope(metric))
+    budget = max(2 * per_chunk * per_prompt + 1, per_chunk * per_prompt + per_item)
+    plan = sweep_plan(model, len(pairs), n_pos, spec.act_axes, model.cfg.n_layers, metric_scope(metric), budget)
+    assert plan.prompts == per_chunk
+    return budget
+
+
+@pytest.mark.parametrize("sweep, metric, direction", [
+    ("resid-pre", "logit-diff", "denoising"),
+    ("head-out-by-pos", "normalized-logit-diff", "denoising"),
+    ("attn-out", "kl", "noising"),
+    ("head-v-all-pos", "answer-prob", "denoising"),
+])
+def test_chunked_sweep_equals_one_chunk_on_an_organism(chekhov, sweep, metric, direction):
+    model, pairs = chekhov
+    whole = activation_patch(model, pairs, sweep, metric, direction=direction, max_memory=BIG, progress=False)
+    chunked = activation_patch(model, pairs, sweep, metric, direction=direction, progress=False,
+                               max_memory=sweep_budget(model, pairs, sweep, metric, 3))  # chunks of 3, 3, 1
+    assert whole.values.std() > 0  # the sweep measures something
+    torch.testing.assert_close(chunked.values, whole.values, rtol=1e-4, atol=1e-5)
+    assert chunked.clean_value == pytest.approx(whole.clean_value, rel=1e-5, abs=1e-6)
+    assert chunked.corrupted_value == pytest.approx(whole.corrupted_value, rel=1e-5, abs=1e-6)
+
+
+def test_chunked_sweep_with_a_full_logits_metric_and_ragged_answers():
+    model, pairs = MODELS["rotary"](), make_pairs(batch=5, ragged=True)
+
+    def last_logit(logits, pairs):  # reads every position's logits
+        return logits[:, -1, 0] - logits[:, 0, 1]
+
+    whole = activation_patch(model, pairs, "resid-pre", last_logit, max_memory=BIG, progress=False)
+    chunked = activation_patch(model, pairs, "resid-pre", last_logit, progress=False,
+                               max_memory=sweep_budget(model, pairs, "resid-pre", last_logit, 2))
+    torch.testing.assert_close(chunked.values, whole.values, rtol=1e-4, atol=1e-5)
+
+
+def test_activation_budget_too_small_says_what_it_needs(chekhov):
+    model, pairs = chekhov
+    with pytest.raises(MemoryBudgetError, match=r"^activation patching needs about .* for one prompt but the memory "
+                                                r"budget is .*: raise max_memory \(--max-memory\)"):
+        activation_patch(model, pairs, "resid-pre", max_memory=1000, progress=False)
+
+
+def test_memory_gib_still_works_and_is_deprecated(chekhov):
+    model, pairs = chekhov
+    whole = activation_patch(model, pairs, "attn-out", max_memory=BIG, progress=False)
+    with pytest.warns(DeprecationWarning, match="max_memory"):
+        old = activation_patch(model, pairs, "attn-out", memory_gib=1.0, progress=False)
+    torch.testing.assert_close(old.values, whole.values)
