@@ -19,9 +19,10 @@ from transformer_lens import HookedTransformer
 
 from mechkit._types import PromptPairs
 from mechkit.errors import HookNameError
-from mechkit.patching import _engine
+from mechkit.patching import _budget, _engine
+from mechkit.patching._budget import MaxMemory
 from mechkit.patching._labels import axis_labels
-from mechkit.patching._metrics import MetricLike, bind_metric, metric_name, metric_scope, project
+from mechkit.patching._metrics import MetricLike, bind_metric, metric_name, metric_scope, needs_answer_logits, project
 from mechkit.patching._sweeps import EVERY, FEATURE_AXES, Sweep, cell_coords, cell_masks, get_sweep
 from mechkit.patching.activation import check_layers, check_positions, stack_every
 from mechkit.patching.result import PatchResult
@@ -36,12 +37,19 @@ def attribution_patch(
     direction: str = "denoising",
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
 ) -> PatchResult:
-    """Attribution-patching counterpart of :func:`mechkit.patching.activation_patch` (same sweeps)."""
+    """Attribution-patching counterpart of :func:`mechkit.patching.activation_patch` (same sweeps).
+
+    Prompts run in chunks whose forward and backward passes fit ``max_memory`` (bytes or a size
+    such as ``"2GiB"``; default :func:`mechkit.memory.budget_bytes`; ``memory_gib`` is its
+    deprecated spelling in GiB); the result does not depend on the chunking.
+    """
+    budget = _budget.resolve(model, max_memory, memory_gib)
     if sweep in EVERY:
         parts = [attribution_patch(model, pairs, s, metric, direction=direction, layers=layers,
-                                   positions=positions, memory_gib=memory_gib) for s in EVERY[sweep]]
+                                   positions=positions, max_memory=budget) for s in EVERY[sweep]]
         return stack_every(parts, sweep, direction, "attribution")
     spec = get_sweep(sweep)
     pairs = _engine.check_pairs(model, pairs)
@@ -53,34 +61,39 @@ def attribution_patch(
         if h not in model.hook_dict:
             raise HookNameError(f"the model has no hook {h!r}: pick another sweep")
     base_tokens, source_tokens = _engine.split_direction(pairs, direction)
-    scope = metric_scope(metric)
+    part_metric = _budget.chunked_metric(metric)
+    scope = metric_scope(part_metric)
 
-    with torch.no_grad():
-        base_final = model(base_tokens, stop_at_layer=model.cfg.n_layers)
-        source_run = _engine.forward_run(model, source_tokens, hooks)
-    missing = [h for h in hooks if h not in source_run.acts]
-    if missing:
-        raise HookNameError(f"the model never runs hook {missing[0]!r} (attention-only models have no MLP): pick another sweep")
-    with torch.no_grad():
-        base_last = project(model, base_final, pairs, 0, "position")[0][:, 0]
-        source_last = project(model, source_run.final, pairs, 0, "position")[0][:, 0]
-    clean_last, corrupted_last = (source_last, base_last) if direction == "denoising" else (base_last, source_last)
-    bound = bind_metric(metric, clean_last, corrupted_last, pairs)
-
-    n = len(pairs)
-    per_prompt = _prompt_bytes(model, pairs.clean.shape[1])
-    chunk = max(1, int(memory_gib * 2**30) // per_prompt)
+    n, n_pos = len(pairs), pairs.clean.shape[1]
+    cfg = model.cfg
+    kept = _budget.act_numel(model, spec.act_axes, n_pos) * len(hooks) + n_pos * cfg.d_model + 2 * cfg.d_vocab
+    per_prompt = _prompt_bytes(model, n_pos) + kept * torch.finfo(cfg.dtype).bits // 8
+    chunk = _budget.plan_prompts(model, n, budget, per_prompt, 0, "attribution patching").prompts
     totals: dict[str, Tensor] = {}
     base_sum = source_sum = 0.0
     for i in range(0, n, chunk):
-        rows = torch.arange(i, min(n, i + chunk), device=pairs.clean.device)
-        contrib, b_vals = _chunk_contributions(model, spec, hooks, base_tokens[rows], source_run, rows, pairs, bound, scope)
+        part = pairs[i : i + chunk]
+        base_part, source_part = base_tokens[i : i + chunk], source_tokens[i : i + chunk]
+        source_acts, source_final = _source_run(model, source_part, hooks)
+        clean_last = corrupted_last = None
+        if needs_answer_logits(part_metric):
+            with torch.no_grad():
+                base_last = project(model, model(base_part, stop_at_layer=cfg.n_layers), part, 0, "position")[0][:, 0]
+                source_last = project(model, source_final, part, 0, "position")[0][:, 0]
+            clean_last, corrupted_last = (source_last, base_last) if direction == "denoising" else (base_last, source_last)
+        bound = bind_metric(part_metric, clean_last, corrupted_last, part)
+        rows = torch.arange(len(part), device=pairs.clean.device)
+        contrib, b_vals = _chunk_contributions(model, spec, hooks, base_part, source_acts, rows, part, bound, scope)
         for h, c in contrib.items():
             totals[h] = totals[h] + c if h in totals else c
-        base_sum += b_vals.sum().item()
-    with torch.no_grad():
-        src_vals = bound.score(*project(model, source_run.final, pairs, 0, scope), torch.arange(n, device=pairs.clean.device))
-        source_sum = src_vals.sum().item()
+        base_sum += b_vals.double().sum().item()
+        with torch.no_grad():
+            source_sum += bound.score(*project(model, source_final, part, 0, scope), rows).double().sum().item()
+        del source_acts, source_final
+    clean_v, corr_v = (source_sum / n, base_sum / n) if direction == "denoising" else (base_sum / n, source_sum / n)
+    if part_metric is not metric:  # the change of a normalised logit difference is the change's share
+        totals = {h: _budget.normalize(t, clean_v, corr_v, change=True) for h, t in totals.items()}
+        clean_v, corr_v = 1.0, 0.0
 
     rows_out = []
     for h in hooks:
@@ -92,9 +105,23 @@ def attribution_patch(
         rows_out.append((masks * per_slot[None]).flatten(1).sum(1))
     index_shape = tuple(len(keep.get(a, range(sizes[a]))) for a in spec.index)
     values = torch.stack(rows_out).reshape(len(layer_list), *index_shape).float().cpu()
-    clean_v, corr_v = (source_sum / n, base_sum / n) if direction == "denoising" else (base_sum / n, source_sum / n)
     return PatchResult(values, spec.dims, axis_labels(model, pairs, spec.dims, values.shape, layer_list, keep),
                        sweep, direction, metric_name(metric), "attribution", clean_v, corr_v)
+
+
+@torch.no_grad()
+def _source_run(model: HookedTransformer, tokens: Tensor, hooks: list[str]) -> tuple[dict[str, Tensor], Tensor]:
+    """The source run's activations at ``hooks`` and its final residual [batch, pos, d_model]."""
+    acts: dict[str, Tensor] = {}
+
+    def save(act: Tensor, hook) -> None:
+        acts[hook.name] = act
+
+    final = model.run_with_hooks(tokens, fwd_hooks=[(h, save) for h in hooks], stop_at_layer=model.cfg.n_layers)
+    missing = [h for h in hooks if h not in acts]
+    if missing:
+        raise HookNameError(f"the model never runs hook {missing[0]!r} (attention-only models have no MLP): pick another sweep")
+    return acts, final
 
 
 def _prompt_bytes(model: HookedTransformer, n_pos: int) -> int:
@@ -111,7 +138,7 @@ def _chunk_contributions(
     spec: Sweep,
     hooks: list[str],
     tokens: Tensor,
-    source_run: _engine.Run,
+    source_acts: dict[str, Tensor],
     rows: Tensor,
     pairs: PromptPairs,
     bound,
@@ -132,7 +159,7 @@ def _chunk_contributions(
     try:
         with torch.enable_grad(), model.hooks(fwd_hooks=[("hook_embed", leaf)] + [(h, save) for h in hooks]):
             final = model(tokens, stop_at_layer=model.cfg.n_layers)
-            values = bound.score(*project(model, final, pairs[rows], 0, scope), rows)
+            values = bound.score(*project(model, final, pairs, 0, scope), rows)
             grads = torch.autograd.grad(values.sum(), [acts[h] for h in hooks], allow_unused=True)
     finally:
         for p in params:
@@ -142,6 +169,6 @@ def _chunk_contributions(
     for h, g in zip(hooks, grads):
         a = acts[h].detach()
         g = torch.zeros_like(a) if g is None else g
-        term = g * (source_run.acts[h][rows] - a)
+        term = g * (source_acts[h] - a)
         out[h] = (term.sum(dim=feat) if feat else term).sum(0)
     return out, values.detach()

@@ -27,9 +27,10 @@ from transformer_lens import HookedTransformer
 
 from mechkit._types import PromptPairs
 from mechkit.models import Component, component, input_hooks_enabled
-from mechkit.patching import _engine
+from mechkit.patching import _budget, _engine
+from mechkit.patching._budget import MaxMemory
 from mechkit.patching._labels import axis_labels
-from mechkit.patching._metrics import MechkitError, MetricLike, bind_metric, metric_name, project
+from mechkit.patching._metrics import MechkitError, MetricLike, bind_metric, metric_name, needs_answer_logits, project
 from mechkit.patching.result import PatchResult
 
 
@@ -47,15 +48,17 @@ def path_patch(
     receiver_input: str = "qkv",
     direction: str = "noising",
     freeze_mlps: bool = False,
+    max_memory: MaxMemory = None,
 ) -> float:
     """Mean metric after patching the path ``senders -> receivers`` (heads ``L3H7``, MLPs ``M2``).
 
     ``receiver_input`` picks which inputs of head receivers are patched: any of ``q``, ``k``,
     ``v`` (default all three); MLP receivers use their input, ``logits`` the final residual.
+    Prompts run in chunks within ``max_memory`` (see :func:`path_patch_heads`).
     """
     senders = [senders] if isinstance(senders, str) else list(senders)
     values = _path_values(model, pairs, [senders], receivers, metric, receiver_input, direction, freeze_mlps,
-                          _engine.DEFAULT_MEMORY_GIB, False)[0]
+                          _budget.resolve(model, max_memory, None), False)[0]
     return float(values[0])
 
 
@@ -68,13 +71,19 @@ def path_patch_heads(
     receiver_input: str = "qkv",
     direction: str = "noising",
     freeze_mlps: bool = False,
-    memory_gib: float = _engine.DEFAULT_MEMORY_GIB,
+    max_memory: MaxMemory = None,
+    memory_gib: float | None = None,
     progress: bool | None = None,
 ) -> PatchResult:
     """Path patching from every head (one at a time) to ``receivers``: [layer, head].
 
     Heads that are not upstream of every receiver cannot reach them and keep the unpatched value.
+    The base and source runs of the prompts are cached in chunks that fit ``max_memory`` (bytes
+    or a size such as ``"2GiB"``; default :func:`mechkit.memory.budget_bytes`; ``memory_gib`` is
+    its deprecated spelling in GiB), the rest of it holding many senders' runs per forward; the
+    result does not depend on the chunking.
     """
+    budget = _budget.resolve(model, max_memory, memory_gib)
     cfg = model.cfg
     recv = _receivers(model, receivers, receiver_input)
     first = min((r.layer if r.kind != "logits" else cfg.n_layers) for r, _ in recv)
@@ -82,7 +91,7 @@ def path_patch_heads(
                 if layer < first or all(r.kind == "mlp" and layer <= r.layer for r, _ in recv)]
     sender_sets = [[s] for s in upstream]
     vals, clean_v, corr_v = _path_values(model, pairs, sender_sets, receivers, metric, receiver_input, direction,
-                                         freeze_mlps, memory_gib, progress, with_baselines=True)
+                                         freeze_mlps, budget, progress, with_baselines=True)
     base_v = clean_v if direction == "noising" else corr_v
     out = torch.full((cfg.n_layers, cfg.n_heads), base_v)
     for s, v in zip(upstream, vals.tolist()):
@@ -128,7 +137,7 @@ def _check_senders(model: HookedTransformer, senders: list[str], recv: list[tupl
 
 
 def _path_values(model, pairs, sender_sets, receivers, metric, receiver_input, direction, freeze_mlps,
-                 memory_gib, progress, with_baselines=False):
+                 budget, progress, with_baselines=False):
     cfg = model.cfg
     pairs = _engine.check_pairs(model, pairs)
     recv = _receivers(model, receivers, receiver_input)
@@ -137,34 +146,49 @@ def _path_values(model, pairs, sender_sets, receivers, metric, receiver_input, d
     n_layers = cfg.n_layers
     z_hooks = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
     mlp_hooks = [] if cfg.attn_only else [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
-    base = _engine.forward_run(model, base_tokens, z_hooks + mlp_hooks)
-    source = _engine.forward_run(model, source_tokens, z_hooks + mlp_hooks)
-    with torch.no_grad():
-        base_last = project(model, base.final, pairs, 0, "position")[0][:, 0]
-        source_last = project(model, source.final, pairs, 0, "position")[0][:, 0]
-    clean_last, corrupted_last = (base_last, source_last) if direction == "noising" else (source_last, base_last)
-    bound = bind_metric(metric, clean_last, corrupted_last, pairs)
-    n = len(pairs)
-    per_item = 2 * _engine.item_bytes(model, pairs.clean.shape[1], pairs.clean.shape[1], "full",
-                                      pairs.clean.shape[1] * cfg.n_heads * cfg.d_model)
-    chunk = max(1, int(memory_gib * 2**30) // (per_item * n))  # sender sets per forward
-    results = []
-    bar = tqdm(total=len(senders), desc="path patching", unit="sender", delay=1.0, disable=progress is False,
-               leave=False)
-    with input_hooks_enabled(model), torch.no_grad():
-        for i in range(0, len(senders), chunk):
-            group = senders[i : i + chunk]
-            results.append(_run_group(model, base, source, base_tokens, pairs, group, recv, bound, freeze_mlps, z_hooks, mlp_hooks))
-            bar.update(len(group))
+    n, n_pos = len(pairs), pairs.clean.shape[1]
+    # per prompt: the cached base and source runs; per sender set and prompt: runs 2 and 3
+    acts = n_pos * n_layers * (cfg.n_heads * cfg.d_head + (0 if cfg.attn_only else cfg.d_model))
+    per_prompt = _budget.cached_bytes(model, n_pos, acts, False) + 2 * _engine.item_bytes(model, n_pos, n_pos, "full", 0)
+    per_item = 2 * _engine.item_bytes(model, n_pos, n_pos, "full", n_pos * cfg.n_heads * cfg.d_model)
+    plan = _budget.plan_prompts(model, n, budget, per_prompt, per_item, "path patching")
+    part_metric = _budget.chunked_metric(metric)
+    total, base_sum, source_sum = 0.0, 0.0, 0.0
+    bar = tqdm(total=len(senders) * -(-n // plan.prompts), desc="path patching", unit="sender", delay=1.0,
+               disable=progress is False, leave=False)
+    for start in range(0, n, plan.prompts):
+        part = pairs[start : start + plan.prompts]
+        base = _engine.forward_run(model, base_tokens[start : start + plan.prompts], z_hooks + mlp_hooks)
+        source = _engine.forward_run(model, source_tokens[start : start + plan.prompts], z_hooks + mlp_hooks)
+        clean_last = corrupted_last = None
+        if needs_answer_logits(part_metric):
+            with torch.no_grad():
+                base_last = project(model, base.final, part, 0, "position")[0][:, 0]
+                source_last = project(model, source.final, part, 0, "position")[0][:, 0]
+            clean_last, corrupted_last = (base_last, source_last) if direction == "noising" else (source_last, base_last)
+        bound = bind_metric(part_metric, clean_last, corrupted_last, part)
+        chunk = max(1, plan.rest // (per_item * len(part)))  # sender sets per forward
+        results = []
+        with input_hooks_enabled(model), torch.no_grad():
+            for i in range(0, len(senders), chunk):
+                group = senders[i : i + chunk]
+                results.append(_run_group(model, base, source, base_tokens[start : start + plan.prompts], part, group, recv, bound, freeze_mlps,
+                                          z_hooks, mlp_hooks))
+                bar.update(len(group))
+        total = total + torch.cat(results).double() * len(part)
+        rows = torch.arange(len(part), device=pairs.clean.device)
+        with torch.no_grad():
+            base_sum += bound.score(*project(model, base.final, part, 0, bound.scope), rows).double().sum().item()
+            source_sum += bound.score(*project(model, source.final, part, 0, bound.scope), rows).double().sum().item()
+        del base, source
     bar.close()
-    values = torch.cat(results)
+    values, b, s = total / n, base_sum / n, source_sum / n
+    clean, corrupted = (b, s) if direction == "noising" else (s, b)
+    if part_metric is not metric:
+        values, clean, corrupted = _budget.normalize(values, clean, corrupted), 1.0, 0.0
     if not with_baselines:
         return values, None, None
-    rows = torch.arange(n, device=pairs.clean.device)
-    scope = bound.scope
-    b = bound.score(*project(model, base.final, pairs, 0, scope), rows).mean().item()
-    s = bound.score(*project(model, source.final, pairs, 0, scope), rows).mean().item()
-    return values, *((b, s) if direction == "noising" else (s, b))
+    return values, clean, corrupted
 
 
 def _run_group(model, base, source, base_tokens, pairs, group, recv, bound, freeze_mlps, z_hooks, mlp_hooks) -> Tensor:

@@ -74,3 +74,63 @@ def test_memory_gib_still_works_and_is_deprecated(chekhov):
     with pytest.warns(DeprecationWarning, match="max_memory"):
         old = activation_patch(model, pairs, "attn-out", memory_gib=1.0, progress=False)
     torch.testing.assert_close(old.values, whole.values)
+
+
+def attribution_budget(model, pairs, sweep: str, per_chunk: int) -> int:
+    """A byte budget under which attribution patching runs ``per_chunk`` prompts at a time."""
+    from mechkit.patching._budget import act_numel
+    from mechkit.patching.attribution import _prompt_bytes
+
+    cfg, n_pos = model.cfg, pairs.clean.shape[1]
+    kept = act_numel(model, get_sweep(sweep).act_axes, n_pos) * cfg.n_layers + n_pos * cfg.d_model + 2 * cfg.d_vocab
+    return 2 * per_chunk * (_prompt_bytes(model, n_pos) + 4 * kept) + 1
+
+
+@pytest.mark.parametrize("metric, direction", [("logit-diff", "denoising"), ("normalized-logit-diff", "noising"),
+                                               ("kl", "denoising")])
+def test_chunked_attribution_equals_one_chunk(chekhov, metric, direction):
+    model, pairs = chekhov
+    whole = attribution_patch(model, pairs, "head-out-by-pos", metric, direction=direction, max_memory=BIG)
+    chunked = attribution_patch(model, pairs, "head-out-by-pos", metric, direction=direction,
+                                max_memory=attribution_budget(model, pairs, "head-out-by-pos", 2))
+    assert whole.values.abs().max() > 0
+    torch.testing.assert_close(chunked.values, whole.values, rtol=1e-4, atol=1e-5)
+    assert chunked.clean_value == pytest.approx(whole.clean_value, rel=1e-5, abs=1e-6)
+    assert chunked.corrupted_value == pytest.approx(whole.corrupted_value, rel=1e-5, abs=1e-6)
+
+
+def test_attribution_budget_too_small_says_what_it_needs(chekhov):
+    model, pairs = chekhov
+    with pytest.raises(MemoryBudgetError, match=r"^attribution patching needs about .* but the memory budget is"):
+        attribution_patch(model, pairs, "resid-pre", max_memory=1000)
+
+
+def path_budget(model, pairs, per_chunk: int) -> int:
+    """A byte budget under which path patching caches ``per_chunk`` prompts' runs at a time."""
+    from mechkit.patching._budget import cached_bytes
+    from mechkit.patching._engine import item_bytes
+
+    cfg, n_pos = model.cfg, pairs.clean.shape[1]
+    acts = n_pos * cfg.n_layers * (cfg.n_heads * cfg.d_head + cfg.d_model)
+    per_prompt = cached_bytes(model, n_pos, acts, False) + 2 * item_bytes(model, n_pos, n_pos, "full", 0)
+    return 2 * per_chunk * per_prompt + 1
+
+
+@pytest.mark.parametrize("metric", ["logit-diff", "normalized-logit-diff", "kl"])
+def test_chunked_path_patching_equals_one_chunk(chekhov, metric):
+    model, pairs = chekhov
+    small = path_budget(model, pairs, 3)
+    whole = path_patch_heads(model, pairs, "logits", metric, max_memory=BIG, progress=False)
+    chunked = path_patch_heads(model, pairs, "logits", metric, max_memory=small, progress=False)
+    assert whole.values.std() > 0
+    torch.testing.assert_close(chunked.values, whole.values, rtol=1e-4, atol=1e-5)
+    assert chunked.clean_value == pytest.approx(whole.clean_value, rel=1e-5, abs=1e-6)
+    one = path_patch(model, pairs, ["L0H1", "L0H2"], ["L1H0"], metric, receiver_input="v", max_memory=BIG)
+    assert path_patch(model, pairs, ["L0H1", "L0H2"], ["L1H0"], metric, receiver_input="v",
+                      max_memory=small) == pytest.approx(one, rel=1e-4, abs=1e-6)
+
+
+def test_path_budget_too_small_says_what_it_needs(chekhov):
+    model, pairs = chekhov
+    with pytest.raises(MemoryBudgetError, match=r"^path patching needs about .* but the memory budget is"):
+        path_patch_heads(model, pairs, "logits", max_memory=1000, progress=False)
