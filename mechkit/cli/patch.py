@@ -45,7 +45,10 @@ def patch(
     seed: int = typer.Option(0, help="Seed for the organism's task prompts"),
     top: int = typer.Option(10, help="Print this many top cells"),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
-    memory_gib: float = typer.Option(2.0, help="Activation memory per stacked forward pass (GiB)"),
+    max_memory: str = typer.Option(
+        None, "--max-memory", help="working-memory budget, e.g. 2GiB or 0.5 (a share of available memory); "
+        "default: half the available memory, at most 3 GiB on a CPU"),
+    memory_gib: float = typer.Option(None, hidden=True, help="deprecated: use --max-memory"),
 ) -> None:
     """Patch every cell of a sweep, save the result and an offline HTML heatmap, print the top cells."""
     from pathlib import Path
@@ -66,7 +69,16 @@ def patch(
     metric_name(metric)
     check_direction(direction)
     check_count(top, "--top", 0)
-    check_number(memory_gib, "--memory-gib", 0, low_open=True)
+    if memory_gib is not None:
+        if max_memory is not None:
+            raise DataError("pass --max-memory only: --memory-gib is its deprecated spelling in GiB")
+        check_number(memory_gib, "--memory-gib", 0, low_open=True)
+        typer.echo("warning: --memory-gib is deprecated: use --max-memory (e.g. 2GiB)", err=True)
+        max_memory = str(int(memory_gib * 2**30))
+    if max_memory is not None:
+        from mechkit.memory import parse_size
+
+        parse_size(max_memory)
     out_dir = check_out_dir(out, files=("result.safetensors", "result.json", "heatmap.html"))
     if data:
         check_pairs_file(data)
@@ -85,7 +97,7 @@ def patch(
     pairs = read_pairs(data, model) if data else organism_pairs(spec, n, seed, task, model)
     kwargs = {"progress": None} if method == "activation" else {}
     run = activation_patch if method == "activation" else attribution_patch
-    result = run(model, pairs, sweep, metric, direction=direction, memory_gib=memory_gib, **kwargs)
+    result = run(model, pairs, sweep, metric, direction=direction, max_memory=max_memory, **kwargs)
     path = result.save(out_dir)
     result.heatmap().write_html(Path(path) / "heatmap.html", include_plotlyjs=True)
     warn_negative_baseline(result.metric, result.clean_value)

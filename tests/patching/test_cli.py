@@ -26,3 +26,16 @@ def test_patch_command_errors_are_one_line(tiny_organism_dir, tmp_path):
     res = CliRunner().invoke(app, ["patch", "organism:tiny", "--sweep", "resid-pre", "--out", str(tmp_path / "o"),
                                    "--data", str(tmp_path / "missing.csv"), "--device", "cpu"])
     assert res.exit_code != 0 and "no such file" in str(res.exception)
+
+
+def test_patch_max_memory_reaches_each_method(tmp_path):
+    from tests.console import mechkit
+
+    for method, what in (("activation", "activation patching"), ("attribution", "attribution patching")):
+        run = mechkit("patch", "organism:chekhov", "--sweep", "resid-pre", "--n", "4", "--method", method,
+                      "--max-memory", "10KB", "--device", "cpu", "--out", tmp_path / method)
+        line = run.assert_one_line_error(2)
+        assert f"{what} needs about" in line and "raise max_memory (--max-memory)" in line
+    bad = mechkit("patch", "organism:chekhov", "--max-memory", "lots", "--out", tmp_path / "bad")
+    assert "'lots'" in bad.assert_one_line_error(2)
+    assert not (tmp_path / "bad").exists()
