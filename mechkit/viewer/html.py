@@ -3,10 +3,16 @@
 >>> html = circuit_html(load_circuit("ioi.circuit.json"))   # doctest: +SKIP
 
 Layout: one row per component kind and layer, ``embed`` at the bottom, then for each layer a
-row of heads and a row of MLPs, ``logits`` on top. Edges are drawn with width and opacity by
-|score| (blue positive, red negative, dashed when not in the circuit); hovering shows names and
-scores. A slider sets the edge budget: the top-k edges by |score| are drawn. This module reads
-circuits only; it imports no model code.
+row of heads (head h in column h) and a row of MLPs, ``logits`` on top, with the rows named on
+a layer axis at the left. Edges are drawn with width and opacity by |score| (blue positive, red
+negative, dashed when not in the circuit); hovering shows names and scores. A slider sets the
+edge budget: the circuit's edges first, strongest first, then the strongest of the rest.
+
+Large graphs (a 30-layer model has about 300 nodes) open folded: nodes that no drawn edge
+touches are hidden, and each row shows how many it hides ("+7"); a button shows them again.
+The mouse wheel zooms about the pointer, dragging pans, and the buttons zoom, and fit the
+whole graph to the view. Node labels are drawn only when zoomed in far enough to read them.
+This module reads circuits only; it imports no model code.
 """
 
 import html
@@ -16,9 +22,13 @@ import re
 from importlib.resources import files
 from typing import Any
 
+import torch
+
 from mechkit._types import Circuit, Edge, Node, _node_order
 
-MAX_DRAWN_EDGES = 5_000  # the page carries at most this many edges (plus every in-circuit edge)
+MAX_DRAWN_EDGES = 5_000  # the page carries every in-circuit edge plus at most this many others
+FOLD_ABOVE_NODES = 40  # larger graphs open with the nodes outside the drawn edges folded per row
+_QKV = {None: 0, "q": 1, "k": 2, "v": 3}
 _ids = itertools.count()
 
 
@@ -83,24 +93,37 @@ def _summary(c: Circuit) -> list[tuple[str, str]]:
 
 
 def payload(circuit: Circuit) -> dict[str, Any]:
-    """The data the page draws: nodes with rows, edges sorted by |score| (largest first)."""
-    scores = circuit.edge_scores.detach().float().cpu().tolist()
-    keep = circuit.in_circuit.detach().bool().cpu().tolist()
-    edges = [Edge.parse(n) for n in circuit.edge_names]
+    """The data the page draws, compactly: every node of the graph, and the drawable edges.
+
+    Edges are ``[src, dst, qkv, score]`` with ``src``/``dst`` indices into ``nodes``, ``qkv``
+    0 (none), 1 (q), 2 (k) or 3 (v), and the score rounded to 6 significant digits; the page
+    rebuilds each edge's canonical name from them. The circuit's own edges come first (the
+    first ``budget``, by |score|), then the strongest of the rest, up to ``MAX_DRAWN_EDGES``
+    of those: a 123k-edge graph does not put every score into the page.
+    """
+    scores = circuit.edge_scores.detach().float().cpu()
+    keep = circuit.in_circuit.detach().bool().cpu()
     names = set(circuit.node_scores)
-    for e in edges:
-        names.update((e.src, e.dst))
+    for e in circuit.edge_names:
+        src, _, rest = e.partition("->")
+        names.update((src, rest.split("<", 1)[0]))
     nodes = [Node.parse(n) for n in sorted(names, key=_node_order)]
+    index = {n.name: i for i, n in enumerate(nodes)}
     n_layers = 1 + max([n.layer for n in nodes if n.kind in ("head", "mlp")], default=-1)
     for n in nodes:
         if n.kind == "feature":
             m = re.search(r"blocks\.(\d+)\.", n.name)
             n_layers = max(n_layers, int(m.group(1)) + 1 if m else 1)
     in_circuit = set(circuit.nodes)
-    order = sorted(range(len(edges)), key=lambda i: (-abs(scores[i]), i))
-    top = order[:MAX_DRAWN_EDGES]
-    extra = [i for i in order[MAX_DRAWN_EDGES:] if keep[i]]
-    drawn = top + extra
+    # circuit edges by |score|, then the others by |score|; ties keep graph order (stable sort)
+    order = torch.argsort(scores.abs(), descending=True, stable=True)
+    inside, outside = order[keep[order]], order[~keep[order]]
+    drawn = torch.cat([inside, outside[:MAX_DRAWN_EDGES]]).tolist()
+    drawn_scores = scores[drawn].tolist()
+    edges = []
+    for i, score in zip(drawn, drawn_scores):
+        e = Edge.parse(circuit.edge_names[i])
+        edges.append([index[e.src], index[e.dst], _QKV[e.qkv], float(f"{score:.6g}")])
     return {
         "summary": _summary(circuit),
         "nodes": [
@@ -109,17 +132,17 @@ def payload(circuit: Circuit) -> dict[str, Any]:
                 "kind": n.kind,
                 "label": _label(n),
                 "row": _row(n, n_layers),
+                "col": n.head if n.kind == "head" else None,
                 "score": circuit.node_scores.get(n.name),
                 "in_circuit": n.name in in_circuit,
             }
             for n in nodes
         ],
-        "edges": [
-            [edges[i].src, edges[i].dst, edges[i].qkv, scores[i], bool(keep[i]), circuit.edge_names[i]] for i in drawn
-        ],
+        "edges": edges,
         "row_labels": {str(_row(n, n_layers)): _row_label(n) for n in nodes},
-        "budget": int(sum(keep)),
-        "total_edges": len(edges),
+        "budget": len(inside),
+        "total_edges": len(circuit.edge_names),
+        "folded": len(nodes) > FOLD_ABOVE_NODES,
     }
 
 
@@ -138,7 +161,12 @@ def circuit_html(circuit: Circuit, *, full_page: bool = True, title: str | None 
 <dl class="mk-summary"></dl>
 <div class="mk-controls"><label>edge budget <input type="range" class="mk-budget" min="0" step="1"></label>
 <span class="mk-count"></span></div>
-<div class="mk-legend">blue: positive score, red: negative; dashed: not in the circuit; hover for scores</div>
+<div class="mk-controls mk-view"><button type="button" class="mk-zoom-in" title="zoom in">+</button>
+<button type="button" class="mk-zoom-out" title="zoom out">&minus;</button>
+<button type="button" class="mk-fit" title="fit the whole graph">fit</button>
+<button type="button" class="mk-fold-toggle"></button><span class="mk-folded-count"></span></div>
+<div class="mk-legend">blue: positive score, red: negative; dashed: not in the circuit; hover for scores;
+wheel or +/&minus; to zoom, drag to pan</div>
 <div class="mk-canvas"></div>
 <script type="application/json" id="{uid}-data">{_script_json(payload(circuit))}</script>
 <script>

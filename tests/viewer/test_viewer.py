@@ -103,12 +103,36 @@ def test_payload_caps_edges_but_keeps_circuit():
     keep[c.edge_scores.abs().argsort()[:7]] = True  # the 7 weakest edges form the circuit
     c = make_circuit(n_layers=8, n_heads=8, in_circuit=keep)
     data = payload(c)
-    assert len(c.edge_names) > vh.MAX_DRAWN_EDGES
+    assert len(c.edge_names) > vh.MAX_DRAWN_EDGES + 7
     assert len(data["edges"]) == vh.MAX_DRAWN_EDGES + 7
     assert data["total_edges"] == len(c.edge_names) and data["budget"] == 7
-    scores = [abs(e[3]) for e in data["edges"][: vh.MAX_DRAWN_EDGES]]
-    assert scores == sorted(scores, reverse=True)
-    assert {e[5] for e in data["edges"] if e[4]} == {e.name for e in c.edges}
+    nodes = [n["name"] for n in data["nodes"]]
+    qkv = ["", "<q>", "<k>", "<v>"]
+    names = [f"{nodes[s]}->{nodes[d]}{qkv[q]}" for s, d, q, _ in data["edges"]]
+    # the circuit's edges first (the budget), then the strongest others; each group by |score|
+    assert set(names[:7]) == {e.name for e in c.edges}
+    strongest = sorted(range(len(c.edge_names)), key=lambda i: -abs(float(c.edge_scores[i])))[: vh.MAX_DRAWN_EDGES]
+    assert names[7:] == [c.edge_names[i] for i in strongest]
+    for group in (data["edges"][:7], data["edges"][7:]):
+        scores = [abs(e[3]) for e in group]
+        assert scores == sorted(scores, reverse=True)
+    by_name = dict(zip(c.edge_names, c.edge_scores.tolist()))
+    assert all(abs(e[3] - by_name[n]) <= 1e-5 * abs(by_name[n]) for e, n in zip(data["edges"], names))
+
+
+def test_circuit_edges_come_first_whatever_their_score(tmp_path, open_page):
+    """A circuit that is not the top-k by |score| (pruned, ACDC, oracle) is what the page opens on."""
+    c = make_circuit(n_layers=2, n_heads=2)
+    keep = torch.zeros(len(c.edge_names), dtype=torch.bool)
+    keep[c.edge_scores.abs().argsort()[:4]] = True  # the 4 weakest edges
+    c = make_circuit(n_layers=2, n_heads=2, in_circuit=keep)
+    page, errors = open_page(write_html(c, tmp_path / "c.html"))
+    drawn = set(page.eval_on_selector_all("svg [data-edge]", "els => els.map(e => e.dataset.edge)"))
+    assert drawn == {e.name for e in c.edges}
+    assert page.locator("svg [data-edge][data-in='1']").count() == 4
+    _slide(page, 6)  # then the two strongest edges outside the circuit, dashed
+    assert page.locator("svg [data-edge][data-in='0']").count() == 2
+    assert errors == []
 
 
 def test_viewer_imports_no_model_code():
