@@ -109,3 +109,20 @@ class IOIS2FlipTask(IOITask):
     """``ioi`` whose corrupted prompts repeat IO instead of S (the answer flips to S)."""
 
     defaults = {**IOITask.defaults, "corruption": "s2-flip"}
+
+
+def name_positions(pairs) -> dict[str, "torch.Tensor"]:
+    """Where each clean ``ioi`` prompt names IO, S (first and second mention) and where it ends:
+    ``{"IO", "S1", "S2", "END"}``, each [batch]. IO is the answer token, S the wrong one; every
+    template names IO once and S twice."""
+    import torch
+
+    clean = pairs.clean
+    is_io = clean == pairs.answer[:, None]
+    is_s = clean == pairs.wrong[:, None]
+    if not (is_io.sum(1) == 1).all() or not (is_s.sum(1) == 2).all():
+        raise DataError("not ioi prompts: each clean prompt must name the answer once and the wrong name twice")
+    order = torch.arange(clean.shape[1]).expand_as(clean)
+    s1 = torch.where(is_s, order, clean.shape[1]).min(1).values
+    s2 = torch.where(is_s, order, -1).max(1).values
+    return {"IO": is_io.int().argmax(1), "S1": s1, "S2": s2, "END": pairs.answer_pos.clone()}
