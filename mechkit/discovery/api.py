@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from mechkit.discovery.budget import plan_chunks
 from mechkit.discovery.convergence import from_effect, path_effect, warn_if_unresolved
 from mechkit.discovery.evaluate import evaluate
-from mechkit.discovery.forward import Metric, ablated_outputs, chunk_ablation, mechkit_runs, shared_ablation
+from mechkit.discovery.forward import Metric, chunk_ablation, mechkit_runs, shared_ablation
 from mechkit.discovery.graph import Graph
 from mechkit.discovery.methods import METHODS, MethodError, get_method
 from mechkit.discovery.oracle import oracle
@@ -151,7 +151,7 @@ def discover(
     model_spec = model_spec or spec_of(model)
     if method in SELECTING:
         options = _check_options(method, SELECTING[method], hyperparameters)
-        circuit = _selecting(model, pairs, method, options, metric, ablation, model_spec, progress, max_batch)
+        circuit = _selecting(model, pairs, method, options, metric, ablation, model_spec, progress, max_batch, max_memory)
     elif method in METHODS:
         scores = attribute(
             model, pairs, method, metric=metric, ablation=ablation, model_spec=model_spec,
@@ -183,15 +183,17 @@ def _selecting(
     model_spec: str,
     progress: bool,
     max_batch: int,
+    max_memory: str | int | float | None = None,
 ) -> Circuit:
     graph = Graph.from_model(model)
     if method == "acdc":
-        ablated = ablated_outputs(model, graph, pairs, ablation)
-        edge, mask = acdc(model, graph, pairs, ablated, options["tau"], options["objective"], metric, progress)
+        edge, mask = acdc(model, graph, pairs, ablation, options["tau"], options["objective"], metric, progress,
+                          max_memory)
         node = (graph.to_matrix(edge) * graph.real).sum(-1)[1:]
         selection = {"rule": "acdc", "tau": options["tau"], "prune_dangling": True}
     else:
-        found = oracle(model, pairs, options["target"], ablation, metric, progress=progress)
+        found = oracle(model, pairs, options["target"], ablation, metric, progress=progress,
+                       max_memory=max_memory)
         keep = torch.tensor([n in found.nodes for n in graph.node_names])
         mask = graph.node_mask_to_edges(keep)
         edge, node = mask.float(), keep.float()

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from mechkit._types import PromptPairs
-from mechkit.discovery.forward import Metric, ablated_outputs, run_masked_chunked
+from mechkit.discovery.budget import plan_chunks
+from mechkit.discovery.forward import Metric, chunk_ablation, run_masked_chunked, shared_ablation
 from mechkit.discovery.graph import Graph
 from mechkit.discovery.silent import silent_nodes
 from mechkit.errors import MechkitError
@@ -55,8 +56,13 @@ def oracle(
     max_nodes: int = 16,
     max_batch: int = 2048,
     progress: bool = False,
+    max_memory: str | int | float | None = None,
 ) -> OracleResult:
-    """Search node subsets by increasing size (see the module docstring)."""
+    """Search node subsets by increasing size (see the module docstring).
+
+    Prompts run in chunks that fit ``max_memory`` (:func:`~mechkit.discovery.budget.plan_chunks`),
+    at most ``max_batch`` sequences per forward; with more than one chunk, each size's subsets
+    are tried chunk by chunk and their values added up (the same result)."""
     graph = Graph.from_model(model)
     names = graph.node_names
     silent = silent_nodes(model, graph)
@@ -67,33 +73,42 @@ def oracle(
             f"(2^{len(live)} subsets): use attribution (eap-ig) instead"
         )
     metric = metric or logit_diff
-    ablated = ablated_outputs(model, graph, pairs, ablation)
+    n_prompts = len(pairs)
+    plan = plan_chunks(model, graph, n_prompts, pairs.clean.shape[1], grad=False, max_memory=max_memory,
+                       max_batch=max_batch)
+    parts = [pairs[start : start + plan.prompts] for start in range(0, n_prompts, plan.prompts)]
+    shared = shared_ablation(model, graph, pairs, ablation, plan.prompts)
+    kept = chunk_ablation(model, graph, parts[0], shared) if len(parts) == 1 else None  # one chunk: computed once
+
+    def mean_values(keep: torch.Tensor) -> torch.Tensor:
+        """Mean metric over all prompts of each circuit in ``keep`` (node or edge masks)."""
+        total = torch.zeros(keep.shape[0], dtype=torch.float64)
+        for part in parts:  # run_masked_chunked runs at most plan.rows sequences per forward
+            ablated = kept if kept is not None else chunk_ablation(model, graph, part, shared)
+            total += run_masked_chunked(model, graph, part, ablated, keep, metric, plan.rows).double().sum(1).cpu()
+        return total / n_prompts
+
     with torch.no_grad():
-        clean = float(metric(model(pairs.clean.to(model.cfg.device)), pairs).float().mean())
-    empty_edges = torch.zeros(1, graph.n_forward, graph.n_backward)
-    empty = float(run_masked_chunked(model, graph, pairs, ablated, empty_edges, metric, max_batch).mean())
+        clean = sum(float(metric(model(part.clean.to(model.cfg.device)), part).double().sum()) for part in parts)
+        clean /= n_prompts
+    empty = float(mean_values(torch.zeros(1, graph.n_forward, graph.n_backward))[0])
     if abs(clean - empty) <= 1e-5 * (abs(clean) + abs(empty)) + 1e-9:
         raise OracleError("clean and fully ablated runs give the same metric: faithfulness is undefined")
     evaluated = 0
     n = len(live)
-    chunk = max(1, max_batch // len(pairs))
     bar = tqdm(total=2**n, desc="oracle", disable=not progress, leave=False)
     best, best_set = -float("inf"), ()
     for size in range(n + 1):
-        best, best_set = -float("inf"), ()
-        combos = itertools.combinations(live, size)
-        while batch := list(itertools.islice(combos, chunk)):
-            keep = torch.zeros(len(batch), graph.n_forward)
-            keep[:, 0] = 1.0
-            for row, subset in enumerate(batch):
-                keep[row, [1 + i for i in subset]] = 1.0
-            values = run_masked_chunked(model, graph, pairs, ablated, keep, metric, max_batch).mean(1)
-            faith = (values - empty) / (clean - empty)
-            i = int(faith.argmax())
-            if float(faith[i]) > best:
-                best, best_set = float(faith[i]), batch[i]
-            evaluated += len(batch)
-            bar.update(len(batch))
+        combos = list(itertools.combinations(live, size))
+        keep = torch.zeros(len(combos), graph.n_forward)
+        keep[:, 0] = 1.0
+        for row, subset in enumerate(combos):
+            keep[row, [1 + i for i in subset]] = 1.0
+        faith = (mean_values(keep) - empty) / (clean - empty)
+        i = int(faith.argmax())
+        best, best_set = float(faith[i]), combos[i]
+        evaluated += len(combos)
+        bar.update(len(combos))
         if best >= target:
             break
     bar.close()  # the loop ends at the first size reaching the target, else with the full set

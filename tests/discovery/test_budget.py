@@ -76,3 +76,48 @@ def test_parse_size(text, expected):
 def test_parse_size_refuses_nonsense(text):
     with pytest.raises(MemoryBudgetError):
         parse_size(text)
+
+
+@pytest.fixture(scope="module")
+def chekhov():
+    from mechkit import load_model
+    from mechkit.organisms import task
+
+    return load_model("organism:chekhov", device="cpu"), task("chekhov").generate(5, seed=0)
+
+
+@pytest.mark.parametrize("objective, ablation", [("kl", "resample"), ("metric", "mean")])
+def test_chunked_acdc_equals_one_chunk(model, objective, ablation):
+    from mechkit.discovery import acdc
+
+    pairs = random_pairs(batch=3)
+    graph = Graph.from_model(model)
+    small = _budget_for(model, pairs, grad=False, per_chunk=2)  # chunks of 2 and 1
+    assert plan_chunks(model, graph, 3, pairs.clean.shape[1], grad=False, max_memory=small).prompts == 2
+    whole_scores, whole = acdc(model, graph, pairs, ablation, tau=0.02, objective=objective, max_memory="64GB")
+    scores, chunked = acdc(model, graph, pairs, ablation, tau=0.02, objective=objective, max_memory=small)
+    assert 0 < int(whole.sum()) < int(graph.real.sum())  # some edges pruned, some kept
+    assert torch.equal(chunked, whole)
+    torch.testing.assert_close(scores, whole_scores, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_oracle_equals_one_chunk(chekhov):
+    from mechkit.discovery import oracle
+
+    model, pairs = chekhov
+    small = _budget_for(model, pairs, grad=False, per_chunk=2)
+    whole = oracle(model, pairs, target=0.8, max_memory="64GB")
+    chunked = oracle(model, pairs, target=0.8, max_memory=small)
+    assert whole.reached and 0 < len(whole.nodes)
+    assert chunked.nodes == whole.nodes and chunked.n_evaluated == whole.n_evaluated
+    assert chunked.faithfulness == pytest.approx(whole.faithfulness, rel=1e-5)
+
+
+def test_acdc_and_oracle_refuse_a_budget_too_small(chekhov):
+    from mechkit.discovery import acdc, oracle
+
+    model, pairs = chekhov
+    with pytest.raises(MemoryBudgetError, match=r"needs about .* but the memory budget is .*raise max_memory"):
+        acdc(model, Graph.from_model(model), pairs, "resample", max_memory=1000)
+    with pytest.raises(MemoryBudgetError, match=r"needs about .* but the memory budget is .*raise max_memory"):
+        oracle(model, pairs, max_memory=1000)
