@@ -28,6 +28,10 @@ def cache_cmd(
     dtype: str = typer.Option("float32"),
     skip_first: bool = typer.Option(False, help="drop position 0 (BOS)"),
     device: str = typer.Option(None),
+    max_memory: str = typer.Option(
+        None, "--max-memory", help="working memory of a forward pass, e.g. 2GiB or 0.5 (a share of available "
+        "memory); fewer sequences run at once when a batch does not fit; default: half the available memory, "
+        "at most 3 GiB on a CPU"),
 ) -> None:
     """Store activations of HOOKs for a token source (each torchrun rank writes its own shards)."""
     from mechkit.cli._inputs import check_count, check_out_dir
@@ -42,6 +46,10 @@ def cache_cmd(
     check_count(shard_tokens, "--shard-tokens")
     check_out_dir(out, "OUT")
     check_source(source)
+    if max_memory is not None:
+        from mechkit.memory import parse_size
+
+        parse_size(max_memory)
 
     from mechkit.models import load_model
     from mechkit.sae import ActivationCache, write_cache
@@ -50,7 +58,7 @@ def cache_cmd(
     model = load_model(spec, device=device)
     data = load_source(model, source, n=n, seed=seed, split=split)
     path = write_cache(model, data, out, hook, batch_size=batch_size, shard_tokens=shard_tokens, dtype=dtype,
-                       skip_first=skip_first)
+                       skip_first=skip_first, max_memory=max_memory)
     cache = ActivationCache(path)
     for h in hook:
         typer.echo(f"{h}: {cache.n_tokens(h):,} tokens x {cache.d(h)} in {len(cache.shards(h))} shards -> {path}")

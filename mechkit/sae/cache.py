@@ -37,6 +37,7 @@ from transformer_lens import HookedTransformer
 
 from mechkit._types import PromptPairs
 from mechkit.errors import ArtifactError, DataError, HookNameError, did_you_mean
+from mechkit.memory import MemoryBudgetError, budget_bytes, format_bytes
 from mechkit.models import check_hook_name, fingerprint
 from mechkit.sae.io import one_line, read_json_file, regular_file, safetensors_shapes
 
@@ -128,16 +129,21 @@ def write_cache(
     dtype: str = "float32",
     skip_first: bool = False,
     progress: bool = True,
+    max_memory: str | int | float | None = None,
 ) -> Path:
     """Store ``hooks``' activations for every real token of ``data`` under ``out_dir``.
 
     Args:
         data: token rows [batch, pos], or ``PromptPairs`` (clean then corrupted prompts,
             padding after ``answer_pos`` dropped).
-        batch_size: sequences per forward pass.
+        batch_size: sequences per batch (the unit of resuming and of the rank split); a batch
+            whose forward pass does not fit ``max_memory`` runs in smaller forwards.
         shard_tokens: flush to a new shard once this many tokens are buffered (bounds memory
             at about ``shard_tokens * d_model * len(hooks)`` values).
         skip_first: drop position 0 (a BOS token's outsized residual norm can dominate an SAE).
+        max_memory: working memory of one forward pass (bytes, ``"2GiB"``, or a share of the
+            available memory such as 0.5; default :func:`mechkit.memory.budget_bytes`): sets how
+            many sequences run at once (:func:`sequence_bytes`); the stored values do not depend on it.
 
     Returns the cache directory. Rerunning with the same arguments resumes after the last
     complete shard; different model, data or settings in a non-empty cache raise ``ArtifactError``.
@@ -149,6 +155,16 @@ def write_cache(
     hooks = [check_hook_name(model, h) for h in hooks]
     rank, world = _rank()
     tokens, lengths = _as_sequences(data)
+    layers = [int(m.group(1)) for h in hooks if (m := _LAYER.match(h))]
+    stop = max(layers) + 1 if len(layers) == len(hooks) and max(layers) + 1 < model.cfg.n_layers else None
+    budget = budget_bytes(max_memory, str(model.cfg.device))
+    row = sequence_bytes(model, hooks, tokens.shape[1], logits=stop is None)
+    if row > budget:
+        raise MemoryBudgetError(
+            f"caching activations needs about {format_bytes(row)} for one sequence of {tokens.shape[1]} tokens but the "
+            f"memory budget is {format_bytes(budget)}: raise max_memory (--max-memory), or use shorter sequences"
+        )
+    per_forward = max(1, min(batch_size, budget // row))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -182,8 +198,6 @@ def write_cache(
     n_batches = (tokens.shape[0] + batch_size - 1) // batch_size
     mine = [b for b in range(n_batches) if b % world == rank]
     todo = [b for b in mine if b >= manifest["next_batch"]]
-    layers = [int(m.group(1)) for h in hooks if (m := _LAYER.match(h))]
-    stop = max(layers) + 1 if len(layers) == len(hooks) and max(layers) + 1 < model.cfg.n_layers else None
     device = model.cfg.device
     buffers: dict[str, list[Tensor]] = {h: [] for h in hooks}
     n_buffered = 0
@@ -198,11 +212,15 @@ def write_cache(
         keep = torch.arange(batch.shape[1])[None, :] < lens[:, None]  # [batch, pos]
         if skip_first:
             keep[:, 0] = False
-        captured: dict[str, Tensor] = {}
-        with torch.no_grad(), model.hooks(fwd_hooks=[(h, capture) for h in hooks]):
-            model(batch[:, : int(lens.max())], stop_at_layer=stop)
-        for h in hooks:
-            buffers[h].append(captured[h][keep[:, : int(lens.max())].to(device)].to("cpu", _DTYPES[dtype]))
+        width = int(lens.max())
+        for start in range(0, batch.shape[0], per_forward):  # the forwards that fit the budget
+            captured: dict[str, Tensor] = {}
+            with torch.no_grad(), model.hooks(fwd_hooks=[(h, capture) for h in hooks]):
+                model(batch[start : start + per_forward, :width], stop_at_layer=stop)
+            kept = keep[start : start + per_forward, :width].to(device)
+            for h in hooks:
+                buffers[h].append(captured[h][kept].to("cpu", _DTYPES[dtype]))
+            del captured
         n_buffered += int(keep.sum())
         last = i == len(todo) - 1
         if n_buffered >= shard_tokens or (last and n_buffered):
@@ -221,6 +239,28 @@ def write_cache(
     manifest["next_batch"] = n_batches
     _write_json_atomic(manifest_path, manifest)
     return out
+
+
+def sequence_bytes(model: HookedTransformer, hooks: Sequence[str], pos: int, logits: bool) -> int:
+    """Memory one sequence of ``pos`` tokens takes in a caching forward (a generous estimate):
+    the captured activations of ``hooks`` twice (on the device, then stored), one block's working
+    activations, and the logits when the run goes to the end."""
+    cfg = model.cfg
+    heads, d_head, d_mlp = cfg.n_heads, cfg.d_head, cfg.d_mlp or 0
+    per_token = 10 * cfg.d_model + 3 * d_mlp + 8 * heads * d_head + 3 * heads * pos + (2 * cfg.d_vocab if logits else 0)
+    for h in hooks:
+        kind = h.rsplit(".", 1)[-1]
+        if kind in ("hook_pattern", "hook_attn_scores"):
+            per_token += 2 * heads * pos
+        elif kind == "hook_result":
+            per_token += 2 * heads * cfg.d_model
+        elif kind in ("hook_q", "hook_k", "hook_v", "hook_z"):
+            per_token += 2 * heads * d_head
+        elif ".mlp." in h and kind in ("hook_pre", "hook_post", "hook_pre_linear"):
+            per_token += 2 * d_mlp
+        else:
+            per_token += 2 * cfg.d_model
+    return per_token * pos * (torch.finfo(cfg.dtype).bits // 8)
 
 
 @dataclass(frozen=True)
