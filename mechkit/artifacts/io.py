@@ -698,6 +698,47 @@ def beside(artifact: Path, name: str, what: str) -> Path:
     return target
 
 
+def copy_beside(source: Path, directory: Path, sha256: str | None = None) -> str:
+    """Copy the prompt file ``source`` into ``directory``, where an artifact will record it as
+    ``task.source``, and return the plain file name to record.
+
+    A regular file of that name holding the same bytes is used as it is (the prompt file may
+    already lie there). One holding other bytes is never replaced: the copy is then named after
+    its content, ``<stem>.<first 16 hex digits of sha256><suffix>``. The copy is written to a
+    temporary file, fsynced and linked to its name, which fails rather than replace a file that
+    appeared meanwhile. ``sha256``: what the file held when it was read; a file changed since is
+    refused."""
+    data = bytes(_read_bounded(source, "prompt file"))
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise ArtifactError(f"{source} changed while the circuit was being found (sha256 differs): run again")
+    names = (source.name, f"{source.stem}.{digest[:16]}{source.suffix}")
+    for name in names:
+        target = directory / name
+        if os.path.lexists(target):
+            if target.is_file() and not target.is_symlink() and _sha256_of(target) == digest:
+                return name
+            continue
+        tmp = _write_temp(directory, data, _temp_prefix(target), _file_mode(target))
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            continue
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(directory)
+        return name
+    raise ArtifactError(f"{directory} holds other files named {names[0]} and {names[1]}: move them away, or save elsewhere")
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _load_sidecar(path: Path, sidecar: Sidecar, n: int, n_in_circuit: int) -> tuple[torch.Tensor, torch.Tensor]:
     side = beside(path, sidecar.file, "edges.sidecar.file")
     data = bytes(_read_bounded(side, "sidecar"))

@@ -1,5 +1,6 @@
 """``mechkit discover SPEC (--task NAME | --data pairs.csv) --method eap-ig --edges 5% --out DIR``."""
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -30,14 +31,23 @@ def load_pairs(model, task: str | None, data: Path | None, n: int, seed: int, sp
     return read_pairs(data, model)
 
 
-def save(circuit, out: Path) -> Path | None:
-    """Save with mechkit.artifacts when it is available; None when it is not."""
+def save(circuit, out: Path, data: Path | None = None) -> tuple[Path, str | None] | None:
+    """Save with mechkit.artifacts when it is available: the artifact's path and the name its
+    prompt file was recorded under; None when mechkit.artifacts is not available.
+
+    The prompt file ``data`` is copied next to the artifact first (``verify`` reads it there)
+    and the artifact records the copy's name (see :func:`mechkit.artifacts.io.copy_beside`)."""
     try:
         from mechkit.artifacts import save_circuit
+        from mechkit.artifacts.io import copy_beside
     except ImportError:
         return None
     out.mkdir(parents=True, exist_ok=True)
-    return save_circuit(circuit, out / "circuit.json")
+    name = None
+    if data is not None:
+        name = copy_beside(Path(data), out, circuit.task.get("source_sha256"))
+        circuit = dataclasses.replace(circuit, task={**circuit.task, "source": name})
+    return save_circuit(circuit, out / "circuit.json"), name
 
 
 def check_arguments(method: str, edges: str, rule: str, threshold: float | None, ablation: str,
@@ -178,8 +188,9 @@ def discover(
         table.add_row("warning", escape(message), style="yellow")
     console.print(table)
     if out is not None:
-        path = save(circuit, out)
-        if path is None:
+        saved = save(circuit, out, data)
+        if saved is None:
             console.print("[yellow]not saved: mechkit.artifacts.save_circuit is not available in this installation")
         else:
-            console.print(f"saved {path}")
+            path, name = saved
+            console.print(f"saved {path}" + (f" with its prompts as {path.parent / name}" if name else ""))
