@@ -134,3 +134,19 @@ def test_path_budget_too_small_says_what_it_needs(chekhov):
     model, pairs = chekhov
     with pytest.raises(MemoryBudgetError, match=r"^path patching needs about .* but the memory budget is"):
         path_patch_heads(model, pairs, "logits", max_memory=1000, progress=False)
+
+
+def test_small_budget_sweep_equals_default_on_smollm2(smollm2):
+    from mechkit.tasks import task as real_task
+
+    pairs = real_task("ioi").generate(4, seed=0, model=smollm2)
+    spec, n_pos = get_sweep("resid-pre"), pairs.clean.shape[1]
+    layers = [0, 14, 29]
+    per_prompt, per_item = sweep_costs(smollm2, n_pos, spec.act_axes, len(layers), "columns")
+    small = 2 * 2 * per_prompt + 1  # two prompts' cached runs: chunks of 2 and 2
+    assert sweep_plan(smollm2, 4, n_pos, spec.act_axes, len(layers), "columns", small).prompts == 2
+    whole = activation_patch(smollm2, pairs, "resid-pre", layers=layers, progress=False)
+    chunked = activation_patch(smollm2, pairs, "resid-pre", layers=layers, max_memory=small, progress=False)
+    assert whole.values.std() > 0.1  # patching the residual moves the logit difference
+    torch.testing.assert_close(chunked.values, whole.values, rtol=1e-4, atol=1e-4)
+    assert chunked.clean_value == pytest.approx(whole.clean_value, rel=1e-5)
