@@ -15,7 +15,9 @@ The difference column then compares that subset.
 Models: (a) the ``chekhov`` organism with its own task prompts (or, if it is not shipped
 here, a random 2-layer d_model=128 4-head model, marked in the table); (b) a random
 GPT-2-small-shaped model (12 layers x 12 heads, d_model 768, d_mlp 3072, vocab 50257),
-16 prompts x 16 tokens.
+16 prompts x 16 tokens; (c) ``smollm2``: the real pretrained SmolLM2-135M-Instruct (30 layers,
+rotary, grouped-query attention, RMSNorm, gated MLPs: the Llama family) on ``--smollm2-pairs``
+IOI prompt pairs of its own tokenizer (``mechkit.tasks.task("ioi")``, third-name corruption).
 
 ``--gpt2-layers`` patches only some layers of the GPT-2-shaped model, in both libraries (on a
 slow CPU the full sweep takes TransformerLens hours); mechkit's cost per layer falls roughly
@@ -53,7 +55,8 @@ from mechkit._types import PromptPairs  # noqa: E402
 from mechkit.patching import SWEEPS, activation_patch  # noqa: E402
 
 SETTERS = {"head-out-by-pos": ("layer_pos_head_vector_patch_setter", "z", ("layer", "pos", "head")),
-           "resid-pre": ("layer_pos_patch_setter", "resid_pre", ("layer", "pos"))}
+           "resid-pre": ("layer_pos_patch_setter", "resid_pre", ("layer", "pos")),
+           "head-out-all-pos": ("layer_head_vector_patch_setter", "z", ("layer", "head"))}
 
 
 def sync(device: str) -> None:
@@ -87,6 +90,15 @@ def chekhov(device: str):
                                   act_fn="gelu", normalization_type="LN", seed=0, device=device)
     model = HookedTransformer(cfg).eval()
     return model, random_pairs(16, 16, 64, "2-tok", device), "RANDOM 2-layer d128 4-head stand-in (chekhov not shipped)"
+
+
+def smollm2(device: str, n: int):
+    from mechkit.models import load_model
+    from mechkit.tasks import task
+
+    model = load_model("smollm2-135m", device=device)
+    pairs = task("ioi").generate(n, seed=0, model=model)
+    return model, pairs, f"pretrained weights, {n} IOI pairs x {pairs.clean.shape[1]} tokens"
 
 
 def random_pairs(n: int, n_pos: int, vocab: int, kind: str, device: str) -> PromptPairs:
@@ -227,7 +239,10 @@ def main() -> None:
                     help="run all of TransformerLens's cells if that takes at most this long, else extrapolate")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--repeats", type=int, default=5, help="report the median of this many runs of each sweep")
-    ap.add_argument("--models", default="chekhov,gpt2", help="comma-separated: chekhov, gpt2")
+    ap.add_argument("--models", default="chekhov,gpt2", help="comma-separated: chekhov, gpt2, smollm2")
+    ap.add_argument("--sweeps", default="head-out-by-pos,resid-pre",
+                    help=f"comma-separated, of: {', '.join(SETTERS)}")
+    ap.add_argument("--smollm2-pairs", type=int, default=8, help="IOI prompt pairs for the smollm2 rows")
     ap.add_argument("--gpt2-layers", default="",
                     help="comma-separated layers: patch only these layers of the GPT-2-shaped model (slow CPUs)")
     ap.add_argument("--pairs", default="2-tok,all-tok", help="comma-separated pair kinds for the GPT-2-shaped model")
@@ -243,6 +258,9 @@ def main() -> None:
     if "chekhov" in args.models:
         model, pairs, note = chekhov(device)
         jobs.append(("chekhov", model, pairs.to(device), "task", note))
+    if "smollm2" in args.models:
+        model, pairs, note = smollm2(device, args.smollm2_pairs)
+        jobs.append(("smollm2-135m", model, pairs.to(device), "ioi", note))
     if "gpt2" in args.models:
         model = gpt2_shaped(device)
         for kind in args.pairs.split(","):
@@ -251,7 +269,7 @@ def main() -> None:
     for name, model, pairs, kind, note in jobs:
         layers = gpt2_layers if name.startswith("gpt2") else None
         time_mechkit(model, pairs[:2], "resid-pre", device)  # warm-up
-        for sweep in ("head-out-by-pos", "resid-pre"):
+        for sweep in args.sweeps.split(","):
             ours_s, ours = time_mechkit(model, pairs, sweep, device, repeats=args.repeats, layers=layers)
             tl_s, n_run, cells, tl_vals, extrapolated = time_tl(model, pairs, sweep, device, args.tl_seconds, layers,
                                                                 args.repeats)
