@@ -22,6 +22,7 @@ EXPECTED = [
     "04_sae_training.ipynb",
     "05_sharing_circuits.ipynb",
     "06_your_own_model.ipynb",
+    "07_real_model_ioi.ipynb",
 ]
 CELL_TIMEOUT_S = 300
 
@@ -53,7 +54,7 @@ def _kernel_client(nb, cwd: Path):
     )
 
 
-def test_notebook_set_is_exactly_the_documented_six():
+def test_notebook_set_is_exactly_the_documented_seven():
     found = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
     assert found == EXPECTED
 
