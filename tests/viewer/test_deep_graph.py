@@ -142,3 +142,18 @@ def test_heads_keep_their_column_down_the_layers(tmp_path, open_page):
     assert abs(x["L0H1"] - x["L17H1"]) < 0.5 and abs(x["L0H1"] - x["L29H1"]) < 0.5
     assert x["L29H8"] > x["L29H1"]
     assert errors == []
+
+
+def test_hovering_a_node_highlights_its_edges(tmp_path, open_page):
+    c = _deep_circuit()
+    page, errors = open_page(write_html(c, tmp_path / "deep.html"))
+    for _ in range(4):
+        page.click(".mk-zoom-in")
+    page.locator("svg [data-node='M14']").scroll_into_view_if_needed()
+    page.hover("svg [data-node='M14'] rect", force=True)
+    hot = set(page.eval_on_selector_all("svg .mk-edge.mk-hot", "els => els.map(e => e.dataset.edge)"))
+    assert hot == {e.name for e in c.edges if "M14" in (e.src, e.dst)} and hot
+    assert "mk-focus" in page.get_attribute(".mk-viewer", "class")
+    page.mouse.move(1, 1)
+    assert page.locator("svg .mk-edge.mk-hot").count() == 0
+    assert errors == []
