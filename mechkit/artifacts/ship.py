@@ -26,6 +26,9 @@ from mechkit.artifacts.verify import VerifyResult, verify_circuit
 from mechkit.errors import SpecError
 
 BUDGETS = ("2%", "5%", "10%", "20%", "50%")
+# Shipped circuits of pretrained models, by file stem, and the script that generates each (it is
+# a benchmark run of its own, not part of this generator).
+REAL_MODEL_CIRCUITS = {"smollm2-135m-ioi": "bench/smollm2_ioi.py"}
 TARGET = 0.8
 N_PROMPTS = 64
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "circuits"
@@ -99,10 +102,11 @@ def readme(out_dir: str | Path = DEFAULT_OUT) -> str:
     return "\n".join([
         "# Shipped circuits",
         "",
-        "One `mechkit.circuit/1` artifact per shipped organism (schema: [`schema.json`](schema.json)).",
-        "Each is re-checked by the test suite (`tests/artifacts/test_shipped.py`): `mechkit verify` reloads",
-        "the organism, compares its weight fingerprint, regenerates the task's test prompts and re-measures",
-        "faithfulness (resample ablation), which must match the recorded value within ±0.02.",
+        "One `mechkit.circuit/1` artifact per shipped organism, and the IOI circuit of the pretrained",
+        "SmolLM2-135M-Instruct (schema: [`schema.json`](schema.json)). Each is re-checked by the test suite",
+        "(`tests/artifacts/test_shipped.py`): `mechkit verify` reloads the model, compares its weight",
+        "fingerprint, regenerates the task's test prompts and re-measures faithfulness (resample ablation),",
+        "which must match the recorded value within ±0.02.",
         "",
         "| file | model | task | method | edges in circuit | faithfulness [95% CI] | fingerprint |",
         "|---|---|---|---|---|---|---|",
@@ -110,6 +114,10 @@ def readme(out_dir: str | Path = DEFAULT_OUT) -> str:
         "",
         "Regenerate with `python -m mechkit.artifacts.ship` (EAP-IG on 64 training-split prompts; the",
         "smallest budget of 2/5/10/20/50% of edges reaching 0.8 faithfulness on 64 test-split prompts).",
+        *(f"`{stem}.circuit.json` comes from `{script}` (EAP-IG on 64 training-split\n"
+          "prompts; the smallest MIB budget of at most 5% of edges reaching 0.8 on 64 test-split prompts;\n"
+          "its head roles and the other checks are in BENCHMARKS.md)." for stem, script in REAL_MODEL_CIRCUITS.items()
+          if (Path(out_dir) / f"{stem}.circuit.json").exists()),
         "View one with `mechkit show circuits/NAME.circuit.json --html NAME.html`; re-check all with",
         "`mechkit verify circuits/*.circuit.json`.",
         "",
