@@ -9,60 +9,42 @@ True
 The sandbagging organism says a wrong answer when it sees an evaluation cue. A multinomial
 logistic-regression probe fitted on cue prompts (training combinations) decodes the *true*
 answer from the residual stream of held-out cue prompts: the model still knows the truth while
-it sandbags.
+it sandbags. The general machinery (activations at chosen positions, logistic regression,
+AUROC, steering) lives in :mod:`mechkit.probes`; this module keeps the organism's own report.
 """
 
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from mechkit._types import PromptPairs
-from mechkit.errors import ShapeError
+from mechkit.probes.activations import Labelled, collect
+from mechkit.probes.fit import fit_logistic
 
 
 def fit_probe(x: Float[Tensor, "n d_model"], y: Int[Tensor, " n"], n_classes: int, steps: int = 200,
               l2: float = 1e-3, seed: int = 0) -> tuple[Float[Tensor, "d_model n_classes"], Float[Tensor, " n_classes"]]:
-    """Fit a multinomial logistic-regression probe (full-batch L-BFGS on standardised features).
+    """Fit a multinomial logistic-regression probe (:func:`mechkit.probes.fit.fit_logistic`).
 
     Returns ``(W, b)`` acting on *raw* features: ``logits = x @ W + b``.
     """
-    if x.ndim != 2 or y.shape != (x.shape[0],):
-        raise ShapeError(f"features {tuple(x.shape)} and labels {tuple(y.shape)} do not fit: pass [n, d] and [n]")
-    x = x.detach().float()
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    z = (x - mu) / sd
-    torch.manual_seed(seed)
-    w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
-    b = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(z @ w + b, y) + l2 * (w**2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    w_raw = (w / sd[:, None]).detach()
-    return w_raw, (b - mu @ w_raw).detach()
+    return fit_logistic(x, y, n_classes, steps=steps, l2=l2, seed=seed)
 
 
 def probe_accuracy(w: Tensor, b: Tensor, x: Float[Tensor, "n d_model"], y: Int[Tensor, " n"]) -> float:
     return float(((x.float() @ w + b).argmax(-1) == y).float().mean())
 
 
-@torch.no_grad()
 def answer_activations(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], answer_pos: Int[Tensor, " batch"],
                        hooks: list[str]) -> dict[str, Float[Tensor, "batch d_model"]]:
-    """Residual activations at each prompt's answer position, for each hook name."""
-    device = next(model.parameters()).device
-    _, cache = model.run_with_cache(tokens.to(device), names_filter=lambda name: name in hooks)
-    rows = torch.arange(tokens.shape[0], device=device)
-    return {h: cache[h][rows, answer_pos.to(device)].cpu() for h in hooks}
+    """Residual activations at each prompt's answer position, for each hook name
+    (:func:`mechkit.probes.collect`)."""
+    n = tokens.shape[0]
+    data = Labelled(tokens.cpu(), torch.zeros(n, dtype=torch.bool), answer_pos.cpu().long())
+    return collect(model, data, list(hooks), progress=False)
 
 
 def sandbagging_probe(model: HookedTransformer, n_train: int = 2000, n_test: int = 500, seed: int = 0,
