@@ -11,7 +11,8 @@ Steps (each merges its part into ``--out``, so they can run one process at a tim
 - ``curves``: each method's MIB faithfulness curve (10 budgets, resample ablation) and CPR/CMD on
   ``--n-test`` held-out test-split pairs.
 - ``circuit``: EAP-IG's smallest MIB budget of at most 5% of edges whose circuit keeps >= 0.8 of
-  the logit difference on the test pairs (else 5%); its faithfulness with bootstrap intervals
+  the logit difference on the test pairs (top-n by |score|, then by signed score; else the best
+  tried); its faithfulness with bootstrap intervals
   under resample, mean and zero ablation; the circuit shipped as
   ``circuits/smollm2-135m-ioi.circuit.json`` (resample faithfulness recorded, what ``mechkit
   verify`` re-measures) and verified, timed.
@@ -120,32 +121,40 @@ def step_curves(model, args) -> dict:
 
 
 def step_circuit(model, args) -> dict:
+    """Budgets are searched with batched curves (the masks ``scores.select(fraction)`` makes):
+    top-n by |score| as MIB ranks edges, then by signed score (edges that raise the logit
+    difference first) if no |score| budget reaches the target."""
     import dataclasses
 
     from mechkit.artifacts import save_circuit
     from mechkit.artifacts.ship import readme
     from mechkit.artifacts.verify import verify_circuit
-    from mechkit.discovery import MIB_FRACTIONS, evaluate, robustness
+    from mechkit.discovery import MIB_FRACTIONS, faithfulness_curve, robustness
 
     train, test = data(args, model)
     scores = load_scores(model, args.work, "eap-ig")
-    tried = []
-    for fraction in [f for f in MIB_FRACTIONS if f <= MAX_SHARE]:
-        circuit = scores.select(fraction)
+    fractions = tuple(f for f in MIB_FRACTIONS if f <= MAX_SHARE)
+    tried, chosen = [], None
+    for absolute in (True, False):
         wall = time.perf_counter()
-        measured = evaluate(model, test, circuit, "resample", n_boot=0, max_memory=args.max_memory)
-        tried.append({"fraction": fraction, "n_edges": int(circuit.in_circuit.sum()), "faithfulness": measured.value,
-                      "wall_s": time.perf_counter() - wall})
-        print(f"circuit {fraction}: {tried[-1]}", flush=True)
-        if measured.value >= TARGET:
+        curve = faithfulness_curve(model, test, scores, fractions, absolute=absolute, max_memory=args.max_memory)
+        rows = [{"fraction": f, "absolute": absolute, "n_edges": n, "faithfulness": v}
+                for f, n, v in zip(curve.fractions, curve.n_edges, curve.faithfulness)]
+        tried += rows
+        print(f"circuit search (absolute={absolute}, {time.perf_counter() - wall:.0f} s): {rows}", flush=True)
+        chosen = next((r for r in rows if r["faithfulness"] >= TARGET), None)
+        if chosen:
             break
+    chosen = chosen or max(tried, key=lambda r: r["faithfulness"])
+    circuit = scores.select(chosen["fraction"], absolute=chosen["absolute"])
     wall = time.perf_counter()
     measured = robustness(model, test, circuit, max_memory=args.max_memory)
     robust_s = time.perf_counter() - wall
     circuit = dataclasses.replace(
         circuit, task=dict(test.task), faithfulness=(measured[0],),
         hyperparameters={**circuit.hyperparameters, "discovery_task": dict(train.task)},
-        selection={**circuit.selection, "budgets_tried": [t["fraction"] for t in tried], "target_faithfulness": TARGET},
+        selection={**circuit.selection, "budgets_tried": [[t["fraction"], t["absolute"]] for t in tried],
+                   "target_faithfulness": TARGET},
     )
     path = save_circuit(circuit, CIRCUIT_FILE)
     (CIRCUIT_FILE.parent / "README.md").write_text(readme(CIRCUIT_FILE.parent))
@@ -154,8 +163,8 @@ def step_circuit(model, args) -> dict:
     verify_s = time.perf_counter() - wall
     print("\n".join(verified.lines()), flush=True)
     nodes = sorted({n for e in circuit.edges for n in (e.src, e.dst)})
-    return {"tried": tried, "fraction": tried[-1]["fraction"], "n_edges": int(circuit.in_circuit.sum()),
-            "n_edges_graph": len(circuit.edge_names), "nodes": nodes,
+    return {"tried": tried, "fraction": chosen["fraction"], "absolute": chosen["absolute"],
+            "n_edges": int(circuit.in_circuit.sum()), "n_edges_graph": len(circuit.edge_names), "nodes": nodes,
             "faithfulness": {f.ablation: dataclasses.asdict(f) for f in measured}, "robustness_wall_s": robust_s,
             "verify": {"passed": verified.passed, "wall_s": verify_s, "lines": verified.lines()},
             "artifact": str(path.relative_to(ROOT))}
@@ -262,13 +271,15 @@ def report(result: dict) -> str:
         lines.append("")
     if "circuit" in result:
         c = result["circuit"]
-        lines += [f"Circuit: {c['n_edges']} of {c['n_edges_graph']} edges ({c['fraction']:.1%} budget), "
+        lines += [f"Circuit: {c['n_edges']} of {c['n_edges_graph']} edges ({c['fraction']:.1%} budget, "
+                  f"{'|score|' if c['absolute'] else 'signed score'}), "
                   f"{len(c['nodes'])} nodes; verify {c['verify']['wall_s']:.0f} s, passed {c['verify']['passed']}", "",
                   "| ablation | faithfulness [95% CI] |", "|---|---|"]
         for a, f in c["faithfulness"].items():
             lines.append(f"| {a} | {f['value']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}] |")
-        lines += ["", "budgets tried: " + ", ".join(f"{t['fraction']:.1%} ({t['n_edges']} edges): {t['faithfulness']:.3f}"
-                                                  for t in c["tried"]), ""]
+        lines += ["", "budgets tried: " + ", ".join(
+            f"{t['fraction']:.1%} {'|score|' if t['absolute'] else 'signed'} ({t['n_edges']} edges): {t['faithfulness']:.3f}"
+            for t in c["tried"]), ""]
     if "exact" in result:
         e = result["exact"]
         lines += [f"Exact: {e['n_edges']} edges on {e['n_pairs']} pairs, {e['exact_wall_s']:.0f} s; receivers {e['sample_receivers']}",
