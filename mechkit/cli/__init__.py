@@ -96,3 +96,4 @@ from mechkit.cli import discover as _discover  # noqa: E402,F401
 from mechkit.cli import demo as _demo  # noqa: E402,F401
 from mechkit.cli import organisms as _organisms  # noqa: E402,F401
 from mechkit.cli import patch as _patch  # noqa: E402,F401
+from mechkit.cli import probe as _probe  # noqa: E402,F401

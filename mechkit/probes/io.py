@@ -131,8 +131,13 @@ def _leftovers(path: Path, keep: str) -> None:
 
 
 def save_probe(probe: LinearProbe, path: str | os.PathLike, model, *, task: dict[str, Any] | None = None,
-               metrics: dict[str, Any] | None = None) -> Path:
-    """Write ``probe`` (fitted on ``model``, whose spec and fingerprint are recorded) atomically."""
+               metrics: dict[str, Any] | None = None, model_spec: str | None = None) -> Path:
+    """Write ``probe`` (fitted on ``model``, whose fingerprint is recorded) atomically.
+
+    ``model_spec``: how to load the model again (default: the spec it was loaded with by
+    :func:`mechkit.load_model`, else its ``cfg.model_name``); ``task`` and ``metrics``:
+    free-form JSON recorded with it (``task.test`` and ``metrics.test.auroc`` are what
+    :func:`verify_probe` re-measures)."""
     from safetensors.torch import save
 
     from mechkit import __version__
@@ -154,7 +159,7 @@ def save_probe(probe: LinearProbe, path: str | os.PathLike, model, *, task: dict
         "schema": SCHEMA_VERSION,
         "mechkit_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"spec": spec_of(model), "fingerprint": fingerprint(model)},
+        "model": {"spec": model_spec or spec_of(model) or model.cfg.model_name, "fingerprint": fingerprint(model)},
         "hook": probe.hook,
         "position": str(probe.position),
         "method": {"name": probe.method, "hyperparameters": _plain(dict(probe.hyperparameters), "hyperparameters")},

@@ -1,0 +1,216 @@
+"""``mechkit probe fit|eval|verify``: linear probes from the shell (:mod:`mechkit.probes`).
+
+Prompts come from a task (``--task NAME``, default the organism's own: each clean prompt a
+positive, its corrupted twin a negative, probed at the answer position) or from a JSONL file
+(``--data FILE``: one ``{"text": ..., "label": 0 or 1}`` per line, probed at the last token).
+"""
+
+import json
+from pathlib import Path
+
+import typer
+
+from mechkit.cli import app
+
+probe_app = typer.Typer(help="Linear probes: fit per layer, evaluate and verify saved probes.", no_args_is_help=True)
+app.add_typer(probe_app, name="probe")
+
+MAX_DATA_BYTES = 64 << 20
+_TASK = typer.Option(None, help="task to generate prompts from (default: the organism's own task)")
+_DATA = typer.Option(None, help='JSONL of {"text": ..., "label": 0|1} rows (instead of a task)')
+_N = typer.Option(200, "--n", help="prompt pairs per split (with a task)")
+_MAX_MEMORY = typer.Option(None, "--max-memory", help="working-memory budget, e.g. 2GiB or 0.5 (a share of available "
+                           "memory); default: half the available memory, at most 3 GiB on a CPU")
+
+
+def read_labelled(path: str) -> tuple[list[str], list[int]]:
+    """Texts and 0/1 labels of a JSONL file; one line saying what is wrong otherwise."""
+    from mechkit.artifacts.io import _read_bounded
+    from mechkit.errors import ArtifactError, DataError
+
+    try:
+        raw = _read_bounded(Path(path), "--data file", limit=MAX_DATA_BYTES)
+    except ArtifactError as err:
+        raise DataError(str(err)) from None
+    texts, labels = [], []
+    for i, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise DataError(f"--data {path} line {i}: not valid JSON") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or row.get("label") not in (0, 1):
+            raise DataError(f'--data {path} line {i}: expected {{"text": "...", "label": 0 or 1}}')
+        texts.append(row["text"])
+        labels.append(int(row["label"]))
+    if not texts:
+        raise DataError(f"--data {path} holds no rows")
+    if len(set(labels)) < 2:
+        raise DataError(f"--data {path}: every label is {labels[0]}: a probe needs prompts of both classes")
+    if min(labels.count(0), labels.count(1)) < 2:
+        raise DataError(f"--data {path}: fewer than 2 prompts of one class: a held-out split needs more")
+    return texts, labels
+
+
+def _task_name(spec: str, task: str | None) -> str:
+    from mechkit.errors import DataError
+
+    name = task or (spec.split(":", 1)[1] if spec.startswith("organism:") else None)
+    if name is None:
+        raise DataError(f"{spec} is not an organism, so it has no task: pass --task NAME or --data FILE.jsonl")
+    return name
+
+
+def _split_texts(model, texts: list[str], labels: list[int], seed: int):
+    """Every fourth row of a seeded shuffle per class is held out."""
+    import torch
+
+    from mechkit.probes import Labelled
+
+    g = torch.Generator().manual_seed(seed)
+    test = [False] * len(texts)
+    for cls in (0, 1):
+        rows = [i for i, y in enumerate(labels) if y == cls]
+        for k, j in enumerate(torch.randperm(len(rows), generator=g).tolist()):
+            test[rows[j]] = k % 4 == 0
+    pick = lambda keep: ([t for t, k in zip(texts, test) if k == keep], [y for y, k in zip(labels, test) if k == keep])  # noqa: E731
+    return Labelled.from_texts(model, *pick(False)), Labelled.from_texts(model, *pick(True))
+
+
+def _check_common(data: str | None, n: int, n_boot: int, max_memory: str | None):
+    from mechkit.cli._inputs import check_count
+
+    check_count(n, "--n", 2)
+    check_count(n_boot, "--n-boot", 0)
+    if max_memory is not None:
+        from mechkit.memory import parse_size
+
+        parse_size(max_memory)
+    return read_labelled(data) if data else None
+
+
+@probe_app.command("fit")
+def fit_cmd(
+    spec: str = typer.Argument(..., help="model spec, e.g. organism:sandbagging or smollm2-135m"),
+    out: str = typer.Option(..., help="where to save the best probe, e.g. cue.probe.json"),
+    task: str = _TASK,
+    data: str = _DATA,
+    layer: list[int] = typer.Option(None, "--layer", help="layer to probe; repeat for several (default: every layer)"),
+    site: str = typer.Option("resid_post", help="resid_pre, resid_mid, resid_post, attn_out or mlp_out"),
+    hook: list[str] = typer.Option(None, "--hook", help="explicit hook name instead of --layer/--site; repeatable"),
+    position: str = typer.Option("answer", help="answer, last or an integer index"),
+    method: str = typer.Option("logreg", help="logreg or diff-means"),
+    n: int = _N,
+    seed: int = typer.Option(0, help="seed of the task prompts (held-out prompts use seed + 1) or of the --data split"),
+    n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap resamples of the AUROC interval"),
+    device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
+    max_memory: str = _MAX_MEMORY,
+) -> None:
+    """Fit a probe at each layer on training prompts, score each on held-out prompts, save the best."""
+    from mechkit.cli._inputs import check_out_file
+    from mechkit.errors import DataError, did_you_mean
+    from mechkit.probes.activations import SITES, hook_names
+    from mechkit.probes.fit import METHODS
+
+    if method not in METHODS:
+        raise DataError(f"unknown method {method!r}; {did_you_mean(method, METHODS)}")
+    if site not in SITES:
+        raise DataError(f"unknown site {site!r}; {did_you_mean(site, SITES)}")
+    if position not in ("answer", "last") and not position.lstrip("-").isdigit():
+        raise DataError(f"--position {position!r} not understood: use answer, last or an integer index")
+    if hook and layer:
+        raise DataError("pass --hook or --layer, not both")
+    rows = _check_common(data, n, n_boot, max_memory)
+    if rows is None:
+        name = _task_name(spec, task)
+    check_out_file(out, "--out")
+
+    from mechkit.models import load_model
+    from mechkit.probes import Labelled, save_probe, sweep_layers
+    from mechkit.probes.activations import check_hooks
+
+    model = load_model(spec, device=device)
+    hooks = check_hooks(model, list(hook)) if hook else hook_names(model, list(layer) if layer else None, site)
+    if rows is not None:
+        train, test = _split_texts(model, *rows, seed=seed)
+        train_spec, test_spec = {"source": Path(data).name}, {}
+    else:
+        from mechkit.tasks import task as get_task
+
+        t = get_task(name)
+        train_pairs = t.generate(n, seed=seed, split="train", model=model)
+        test_pairs = t.generate(n, seed=seed + 1, split="test", model=model)
+        train, test = Labelled.from_pairs(train_pairs, position), Labelled.from_pairs(test_pairs, position)
+        train_spec, test_spec = dict(train_pairs.task), dict(test_pairs.task)
+    result = sweep_layers(model, train, test, hooks, method=method, n_boot=n_boot, seed=seed, max_memory=max_memory)
+    for line in result.lines():
+        typer.echo(line)
+    best = result.best
+    task_record = {"train": train_spec, **({"test": test_spec} if test_spec else {})}
+    save_probe(best.probe, out, model, task=task_record,
+               metrics={"test": best.test.as_dict(), "train": {"auroc": best.train.auroc},
+                        "layers": {r.hook: r.test.auroc for r in result.results}})
+    typer.echo(f"wrote {out} ({best.hook}, held-out {best.test})")
+
+
+@probe_app.command("eval")
+def eval_cmd(
+    probe: str = typer.Argument(..., help="a saved probe, NAME.probe.json"),
+    model_spec: str = typer.Option(None, "--model", help="model spec (default: the one the probe records)"),
+    task: str = _TASK,
+    data: str = _DATA,
+    split: str = typer.Option("test", help="task split to score on: train or test"),
+    n: int = _N,
+    seed: int = typer.Option(1, help="seed of the task prompts"),
+    n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap resamples of the AUROC interval"),
+    allow_fingerprint_mismatch: bool = typer.Option(False, help="score on weights other than the probe's"),
+    device: str = typer.Option(None, help="cpu, cuda, ..."),
+    max_memory: str = _MAX_MEMORY,
+) -> None:
+    """Score a saved probe on prompts: AUROC with a bootstrap interval."""
+    from mechkit.errors import DataError
+    from mechkit.probes import Labelled, collect, evaluate_probe, load_probe
+    from mechkit.probes.io import check_model
+
+    saved = load_probe(probe)  # a tampered or unreadable probe fails before any model is loaded
+    if split not in ("train", "test"):
+        raise DataError(f"--split {split!r}: use train or test")
+    rows = _check_common(data, n, n_boot, max_memory)
+    spec = model_spec or saved.model_spec
+    if rows is None:
+        name = _task_name(spec, task)
+
+    from mechkit.models import load_model
+    from mechkit.probes.activations import check_hooks
+
+    model = load_model(spec, device=device)
+    check_model(saved, model, allow_fingerprint_mismatch)
+    check_hooks(model, [saved.probe.hook])
+    if rows is not None:
+        labelled = Labelled.from_texts(model, *rows, position=saved.probe.position)
+    else:
+        from mechkit.tasks import task as get_task
+
+        pairs = get_task(name).generate(n, seed=seed, split=split, model=model)
+        labelled = Labelled.from_pairs(pairs, saved.probe.position)
+    acts = collect(model, labelled, [saved.probe.hook], max_memory=max_memory)[saved.probe.hook]
+    typer.echo(f"{saved.probe.hook} ({saved.probe.method}): {evaluate_probe(saved.probe, acts, labelled.labels, n_boot)}")
+
+
+@probe_app.command("verify")
+def verify_cmd(
+    probe: str = typer.Argument(..., help="a saved probe, NAME.probe.json"),
+    tolerance: float = typer.Option(0.02, help="largest allowed change of the held-out AUROC"),
+    device: str = typer.Option(None, help="cpu, cuda, ..."),
+) -> None:
+    """Re-check a saved probe: same weights, same held-out AUROC. Exit 1 when it fails."""
+    from mechkit.cli._inputs import check_number
+    from mechkit.probes import verify_probe
+
+    check_number(tolerance, "--tolerance", 0)
+    result = verify_probe(probe, device=device, tolerance=tolerance)
+    for line in result.lines():
+        typer.echo(line)
+    if not result.passed:
+        raise typer.Exit(1)
