@@ -342,8 +342,10 @@ def block_at(
     attending to the base run's keys and values before it.
 
     The rows share one pass: each row's cached prefix is padded to the longest and the padding
-    masked out (the attention-mask path TransformerLens uses for padded prompts). Only for
-    positions that do not enter attention through rotation or biases (standard, shortformer).
+    masked out (the attention-mask path TransformerLens uses for padded prompts). Rotary
+    positions come out right: TransformerLens counts a key's position among the attended ones
+    (``get_offset_position_ids``), so the prefix keeps 0..at-1 and the row's own slot is ``at``.
+    Not for ALiBi, whose bias counts slots.
     """
     base = ctx.base
     longest = int(at.max())
@@ -506,9 +508,9 @@ def run_sweep(
         # its position's keys and values: every item before the answer goes in one pass
         keys_only = one_pos and kind in KEYS_ONLY_IN_LAST_BLOCK and layer == last and plain
         # ...and so do one-position patches in the block before it, where cached positions can
-        # be padded and masked (positions that enter attention only through the residual)
+        # be padded and masked (positions counted among attended keys, as rotary's are)
         padded = (one_pos and kind in LOCAL_IN_LAST_BLOCK and layer == last - 1 and plain
-                  and model.cfg.positional_embedding_type in ("standard", "shortformer")
+                  and model.cfg.positional_embedding_type in ("standard", "shortformer", "rotary")
                   and "src_pos" not in sweep.mask_axes)
         single = keys_only or (not accelerator and one_pos and kind in LOCAL_IN_LAST_BLOCK)
         waste = 0.0 if single else (1.0 if accelerator else 0.25)
