@@ -58,7 +58,6 @@ LOCAL_IN_LAST_BLOCK = ("hook_z", "hook_q", "hook_pattern", "hook_attn_out", "hoo
 KEYS_ONLY_IN_LAST_BLOCK = ("hook_resid_pre", "hook_attn_in", "hook_k_input", "hook_v_input", "hook_k", "hook_v")
 # Hooks of a block from its MLP input on (their patches act on every position of the MLP).
 AFTER_MID = ("hook_mlp_in", "ln2.", "mlp.", "hook_mlp_out", "hook_resid_post")
-DEFAULT_MEMORY_GIB = 2.0
 CPU_PASS_BYTES = 8 << 20  # cached keys and values copied per pass in the one-position modes, on CPU
 
 
