@@ -1,0 +1,71 @@
+"""``mechkit probe``: exit codes and one-line errors (run in a subprocess)."""
+
+import json
+
+import pytest
+
+from tests.console import mechkit
+
+ORG = "organism:sandbagging"
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe") / "cue.probe.json"
+    run = mechkit("probe", "fit", ORG, "--out", out, "--site", "resid_mid", "--n", "40", "--n-boot", "50")
+    assert run.returncode == 0, run
+    assert "blocks.0.hook_resid_mid" in run.stdout and "<- best" in run.stdout, run
+    return out
+
+
+def test_fit_saves_a_probe_that_eval_and_verify_accept(fitted):
+    doc = json.loads(fitted.read_text())
+    assert doc["schema"] == "mechkit.probe/1" and doc["model"]["fingerprint"].startswith("sha256:")
+    assert doc["metrics"]["test"]["auroc"] >= 0.95
+    run = mechkit("probe", "eval", fitted, "--n", "30", "--n-boot", "50")
+    assert run.returncode == 0 and "AUROC" in run.stdout, run
+    run = mechkit("probe", "verify", fitted)
+    assert run.returncode == 0 and "PASS" in run.stdout, run
+
+
+def test_tampered_probe_is_one_line_exit_2(fitted, tmp_path):
+    doc = json.loads(fitted.read_text())
+    doc["bias"] += 1.0
+    bad = fitted.parent / "edited.probe.json"
+    bad.write_text(json.dumps(doc))
+    assert "edited" in mechkit("probe", "eval", bad).assert_one_line_error(2)
+    (tmp_path / "junk.probe.json").write_bytes(b"\x00\xff not json")
+    mechkit("probe", "eval", tmp_path / "junk.probe.json").assert_one_line_error(2)
+    assert "does not exist" in mechkit("probe", "eval", tmp_path / "none.probe.json").assert_one_line_error(2)
+
+
+def test_verify_with_a_moved_metric_exits_1(fitted):
+    from mechkit.probes.io import _digest
+
+    doc = json.loads(fitted.read_text())
+    doc["metrics"]["test"]["auroc"] = 0.5
+    doc["digest"] = _digest(doc)  # a well-formed artifact whose recorded AUROC is wrong
+    moved = fitted.parent / "moved.probe.json"
+    moved.write_text(json.dumps(doc))
+    run = mechkit("probe", "verify", moved)
+    assert run.returncode == 1 and "FAIL" in run.stdout, run
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--hook", "blocks.0.hook_resid_mdi"], "unknown hook"),
+    (["--layer", "7"], "out of range"),
+    (["--method", "svm"], "unknown method"),
+    (["--site", "resid"], "unknown site"),
+    (["--position", "middle"], "--position"),
+])
+def test_fit_bad_input_is_one_line_exit_2(tmp_path, args, needle):
+    line = mechkit("probe", "fit", ORG, "--out", tmp_path / "x.probe.json", *args).assert_one_line_error(2)
+    assert needle in line
+
+
+def test_one_class_labels_are_one_line_exit_2(tmp_path):
+    data = tmp_path / "one.jsonl"
+    data.write_text('{"text": "so test is", "label": 1}\n{"text": "so me is", "label": 1}\n')
+    line = mechkit("probe", "fit", ORG, "--out", tmp_path / "x.probe.json", "--data", data).assert_one_line_error(2)
+    assert "both classes" in line
+    assert not (tmp_path / "x.probe.json").exists()
