@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 
 # Public names and the module each comes from. Nothing heavy is imported until a name is first
 # used, so `import mechkit.cli` (and `mechkit --version`) does not pay for torch and TransformerLens.
-_SUBMODULES = ("artifacts", "discovery", "metrics", "models", "organisms", "patching", "sae", "tasks", "viewer")
+_SUBMODULES = ("artifacts", "discovery", "metrics", "models", "organisms", "patching", "probes", "sae", "tasks",
+               "viewer")
 _NAMES = {
     "Circuit": "mechkit._types", "Edge": "mechkit._types", "Faithfulness": "mechkit._types",
     "Node": "mechkit._types", "PromptPairs": "mechkit._types",
