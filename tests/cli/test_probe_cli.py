@@ -69,3 +69,17 @@ def test_one_class_labels_are_one_line_exit_2(tmp_path):
     line = mechkit("probe", "fit", ORG, "--out", tmp_path / "x.probe.json", "--data", data).assert_one_line_error(2)
     assert "both classes" in line
     assert not (tmp_path / "x.probe.json").exists()
+
+
+def test_fit_on_labelled_texts(tmp_path):
+    data = tmp_path / "rows.jsonl"
+    rows = [{"text": f"so {w} is", "label": 1} for w in ("test", "exam", "quiz", "graded", "eval", "benchmark")]
+    rows += [{"text": f"so {w} is", "label": 0} for w in ("me", "us", "them", "him", "her", "people")]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "texts.probe.json"
+    run = mechkit("probe", "fit", ORG, "--out", out, "--data", data, "--layer", "0", "--site", "resid_mid",
+                  "--n-boot", "50")
+    assert run.returncode == 0, run
+    doc = json.loads(out.read_text())
+    assert doc["position"] == "last" and doc["task"]["train"] == {"source": "rows.jsonl"}
+    assert doc["metrics"]["test"]["n_pos"] == 2 and doc["metrics"]["test"]["n_neg"] == 2  # every 4th row per class
