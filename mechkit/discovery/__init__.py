@@ -11,7 +11,8 @@
 Modules: ``graph`` (nodes, edges, dense index), ``forward`` (patched forwards), ``methods``
 (registered scorers: eap, eap-ig, eap-ig-activations, exact), ``select``, ``acdc``, ``oracle``, ``evaluate``
 (faithfulness, curves, CPR/CMD, robustness), ``ground_truth`` (AUROC, Jaccard), ``convergence`` (EAP-IG's
-completeness check).
+completeness check), ``roles`` (head-role evidence: attention between positions, induction / duplicate /
+previous-token scores, OV copy scores).
 """
 
 from mechkit.discovery.acdc import acdc as acdc
