@@ -58,6 +58,10 @@ LOCAL_IN_LAST_BLOCK = ("hook_z", "hook_q", "hook_pattern", "hook_attn_out", "hoo
 KEYS_ONLY_IN_LAST_BLOCK = ("hook_resid_pre", "hook_attn_in", "hook_k_input", "hook_v_input", "hook_k", "hook_v")
 # Hooks of a block from its MLP input on (their patches act on every position of the MLP).
 AFTER_MID = ("hook_mlp_in", "ln2.", "mlp.", "hook_mlp_out", "hook_resid_post")
+# A pass over a few rows reads every weight matrix for little arithmetic: on a CPU one costs
+# about as much as 16 more rows of a large pass (SmolLM2: matrix products over 2 rows run at a
+# tenth of the rate of those over 100+), so a few recomputed positions are cheaper than a pass.
+PASS_ROWS = 16
 CPU_PASS_BYTES = 8 << 20  # cached keys and values copied per pass in the one-position modes, on CPU
 
 
@@ -421,13 +425,15 @@ def prefers_large_passes(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
-def chunk_size(starts: list[int], i: int, length: int, cap: int, waste: float = 0.25) -> int:
+def chunk_size(starts: list[int], i: int, length: int, cap: int, waste: float = 0.25,
+               pass_rows: int = PASS_ROWS) -> int:
     """How many items (sorted by start) from ``i`` on to stack into one forward pass.
 
     All items in a pass resume from the first one's start, so later starts compute a few
     unchanged positions again. Take whole groups of equal starts while that recomputation
-    stays under ``waste`` of the useful work (fewer, larger passes; little padding), up to
-    ``cap`` items (the memory budget).
+    stays under ``waste`` of the useful work plus ``pass_rows`` (what a pass costs whatever
+    its size, in item positions: fewer, larger passes; little padding), up to ``cap`` items
+    (the memory budget).
     """
     s0 = starts[i]
     n = padded = useful = 0
@@ -439,7 +445,7 @@ def chunk_size(starts: list[int], i: int, length: int, cap: int, waste: float = 
         k = min(k, i + cap)
         add_useful = (k - j) * (length - starts[j])
         add_padded = (k - j) * (length - s0)
-        if n and (padded + add_padded) - (useful + add_useful) > waste * (useful + add_useful):
+        if n and (padded + add_padded) - (useful + add_useful) > waste * (useful + add_useful) + pass_rows:
             break
         n += k - j
         padded += add_padded
@@ -526,7 +532,9 @@ def run_sweep(
                 if not accelerator:  # each item copies its cached keys and values: keep a pass in cache
                     n = min(n, max(1, CPU_PASS_BYTES // prefix_bytes(model, answer)))
             else:
-                n = chunk_size(starts_list, i, full_len, max(1, memory_bytes // per_item), waste)
+                # (one-position passes need one start per pass: no recomputation at all)
+                n = chunk_size(starts_list, i, full_len, max(1, memory_bytes // per_item), waste,
+                               0 if single else PASS_ROWS)
             c, r = cells[i : i + n], rows[i : i + n]
             mask = cell_masks(coords[c.cpu()].to(s_act.device), shape)
             pos_axis = 1 + sweep.pos_axis  # feature axes come last: the same index in mask and activation
