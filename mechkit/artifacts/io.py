@@ -246,9 +246,10 @@ def _checkpoint(stage: str) -> None:
     """Called between the steps of a save (tests interrupt a save here)."""
 
 
-def _remove_leftovers(path: Path, keep: str | None) -> None:
-    """This artifact's sidecars other than ``keep`` and temporary files of interrupted saves."""
-    sidecars = _own_sidecars(path)
+def _remove_leftovers(path: Path, keep: str | None, sidecars: re.Pattern | None = None) -> None:
+    """This artifact's sidecars other than ``keep`` and temporary files of interrupted saves.
+    ``sidecars``: what its sidecars are named (default: a circuit's score files)."""
+    sidecars = sidecars or _own_sidecars(path)
     temps = re.compile(re.escape(_temp_prefix(path)) + r"[A-Za-z0-9_]+\.tmp")
     try:
         names = os.listdir(path.parent)

@@ -40,6 +40,7 @@ from mechkit.artifacts.io import (
     _no_duplicates,
     _read_bounded,
     _reject_constant,
+    _remove_leftovers,
     _sidecar_stem,
     _temp_prefix,
     _write_temp,
@@ -115,21 +116,6 @@ def direction_name(path: str | os.PathLike, sha256: str) -> str:
     return f"{_sidecar_stem(path)}.{sha256[:16]}.probe.safetensors"
 
 
-def _leftovers(path: Path, keep: str) -> None:
-    own = re.compile(re.escape(_sidecar_stem(path)) + r"\.[0-9a-f]{16}\.probe\.safetensors")
-    temps = re.compile(re.escape(_temp_prefix(path)) + r"[A-Za-z0-9_]+\.tmp")
-    try:
-        names = os.listdir(path.parent)
-    except OSError:
-        return
-    for name in names:
-        if name != keep and (own.fullmatch(name) or temps.fullmatch(name)):
-            try:
-                (path.parent / name).unlink()
-            except (FileNotFoundError, IsADirectoryError, PermissionError):
-                pass
-
-
 def save_probe(probe: LinearProbe, path: str | os.PathLike, model, *, task: dict[str, Any] | None = None,
                metrics: dict[str, Any] | None = None, model_spec: str | None = None) -> Path:
     """Write ``probe`` (fitted on ``model``, whose fingerprint is recorded) atomically.
@@ -189,7 +175,8 @@ def save_probe(probe: LinearProbe, path: str | os.PathLike, model, *, task: dict
     finally:
         for t in pending:
             t.unlink(missing_ok=True)
-    _leftovers(path, side)
+    own = re.compile(re.escape(_sidecar_stem(path)) + r"\.[0-9a-f]{16}\.probe\.safetensors")
+    _remove_leftovers(path, side, own)
     _fsync_dir(directory)
     return path
 
