@@ -2,10 +2,11 @@
 
 Prompts come from a task (``--task NAME``, default the organism's own: each clean prompt a
 positive, its corrupted twin a negative, probed at the answer position) or from a JSONL file
-(``--data FILE``: one ``{"text": ..., "label": 0 or 1}`` per line, probed at the last token).
+(``--data FILE``: one ``{"text": ..., "label": 0 or 1}`` per line, probed at the last token;
+``fit`` holds out every fourth row of each class, copies the file beside the probe and records
+its name, sha256 and the split seed, so ``verify`` re-measures the same held-out rows).
 """
 
-import json
 from pathlib import Path
 
 import typer
@@ -15,42 +16,11 @@ from mechkit.cli import app
 probe_app = typer.Typer(help="Linear probes: fit per layer, evaluate and verify saved probes.", no_args_is_help=True)
 app.add_typer(probe_app, name="probe")
 
-MAX_DATA_BYTES = 64 << 20
 _TASK = typer.Option(None, help="task to generate prompts from (default: the organism's own task)")
 _DATA = typer.Option(None, help='JSONL of {"text": ..., "label": 0|1} rows (instead of a task)')
 _N = typer.Option(200, "--n", help="prompt pairs per split (with a task)")
 _MAX_MEMORY = typer.Option(None, "--max-memory", help="working-memory budget, e.g. 2GiB or 0.5 (a share of available "
                            "memory); default: half the available memory, at most 3 GiB on a CPU")
-
-
-def read_labelled(path: str) -> tuple[list[str], list[int]]:
-    """Texts and 0/1 labels of a JSONL file; one line saying what is wrong otherwise."""
-    from mechkit.artifacts.io import _read_bounded
-    from mechkit.errors import ArtifactError, DataError
-
-    try:
-        raw = _read_bounded(Path(path), "--data file", limit=MAX_DATA_BYTES)
-    except ArtifactError as err:
-        raise DataError(str(err)) from None
-    texts, labels = [], []
-    for i, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise DataError(f"--data {path} line {i}: not valid JSON") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or row.get("label") not in (0, 1):
-            raise DataError(f'--data {path} line {i}: expected {{"text": "...", "label": 0 or 1}}')
-        texts.append(row["text"])
-        labels.append(int(row["label"]))
-    if not texts:
-        raise DataError(f"--data {path} holds no rows")
-    if len(set(labels)) < 2:
-        raise DataError(f"--data {path}: every label is {labels[0]}: a probe needs prompts of both classes")
-    if min(labels.count(0), labels.count(1)) < 2:
-        raise DataError(f"--data {path}: fewer than 2 prompts of one class: a held-out split needs more")
-    return texts, labels
 
 
 def _task_name(spec: str, task: str | None) -> str:
@@ -62,22 +32,6 @@ def _task_name(spec: str, task: str | None) -> str:
     return name
 
 
-def _split_texts(model, texts: list[str], labels: list[int], seed: int):
-    """Every fourth row of a seeded shuffle per class is held out."""
-    import torch
-
-    from mechkit.probes import Labelled
-
-    g = torch.Generator().manual_seed(seed)
-    test = [False] * len(texts)
-    for cls in (0, 1):
-        rows = [i for i, y in enumerate(labels) if y == cls]
-        for k, j in enumerate(torch.randperm(len(rows), generator=g).tolist()):
-            test[rows[j]] = k % 4 == 0
-    pick = lambda keep: ([t for t, k in zip(texts, test) if k == keep], [y for y, k in zip(labels, test) if k == keep])  # noqa: E731
-    return Labelled.from_texts(model, *pick(False)), Labelled.from_texts(model, *pick(True))
-
-
 def _check_common(data: str | None, n: int, n_boot: int, max_memory: str | None):
     from mechkit.cli._inputs import check_count
 
@@ -87,6 +41,8 @@ def _check_common(data: str | None, n: int, n_boot: int, max_memory: str | None)
         from mechkit.memory import parse_size
 
         parse_size(max_memory)
+    from mechkit.probes.data import read_labelled
+
     return read_labelled(data) if data else None
 
 
@@ -133,8 +89,12 @@ def fit_cmd(
     model = load_model(spec, device=device)
     hooks = check_hooks(model, list(hook)) if hook else hook_names(model, list(layer) if layer else None, site)
     if rows is not None:
-        train, test = _split_texts(model, *rows, seed=seed)
-        train_spec, test_spec = {"source": Path(data).name}, {}
+        from mechkit.probes.data import split_texts
+
+        # an explicit index is probed as given; "answer" means a text's last token
+        train, test = split_texts(model, rows.texts, rows.labels, seed, "last" if position == "answer" else position)
+        train_spec = {"source": Path(data).name, "source_sha256": rows.sha256, "seed": seed, "split": "train"}
+        test_spec = {**train_spec, "split": "test"}
     else:
         from mechkit.tasks import task as get_task
 
@@ -147,7 +107,12 @@ def fit_cmd(
     for line in result.lines():
         typer.echo(line)
     best = result.best
-    task_record = {"train": train_spec, **({"test": test_spec} if test_spec else {})}
+    if rows is not None:  # verify re-reads the file beside the artifact, so it travels with it
+        from mechkit.artifacts.io import copy_beside
+
+        name = copy_beside(Path(data), Path(out).parent, rows.sha256)
+        train_spec, test_spec = {**train_spec, "source": name}, {**test_spec, "source": name}
+    task_record = {"train": train_spec, "test": test_spec}
     save_probe(best.probe, out, model, task=task_record,
                metrics={"test": best.test.as_dict(), "train": {"auroc": best.train.auroc},
                         "layers": {r.hook: r.test.auroc for r in result.results}})
@@ -188,7 +153,7 @@ def eval_cmd(
     check_model(saved, model, allow_fingerprint_mismatch)
     check_hooks(model, [saved.probe.hook])
     if rows is not None:
-        labelled = Labelled.from_texts(model, *rows, position=saved.probe.position)
+        labelled = Labelled.from_texts(model, rows.texts, rows.labels, position=saved.probe.position)
     else:
         from mechkit.tasks import task as get_task
 

@@ -213,7 +213,8 @@ def _read_rows(path: Path) -> tuple[list[dict], list[str], str]:
     return rows, columns, sha
 
 
-def _jsonl_rows(path: Path, text: str) -> tuple[list[dict], list[str]]:
+def _jsonl_rows(path: Path | str, text: str) -> tuple[list[dict], list[str]]:
+    """One JSON object per non-blank line; ``path`` names the file in messages (with the line)."""
     rows = []
     for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

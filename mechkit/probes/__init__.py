@@ -17,6 +17,8 @@ Modules, in the order data flows through them:
 
 - ``activations``: :class:`Labelled` prompts (from contrast pairs or texts, positions
   ``answer``/``last``/an index, optional groups), :func:`collect` (batched in the memory budget);
+- ``data``: labelled texts from JSONL (``read_labelled``) and their seeded held-out split, which
+  ``probe fit --data`` records and ``verify`` re-reads;
 - ``fit``: :class:`LinearProbe`, :func:`fit_probe` (``logreg`` or ``diff-means``);
 - ``evaluate``: :func:`auroc_ci` (AUROC with a stratified bootstrap interval), :func:`evaluate_probe`;
 - ``sweep``: :func:`sweep_layers` (a probe per hook, best layer) and :func:`distribution_shift`;

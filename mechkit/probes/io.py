@@ -270,8 +270,10 @@ class ProbeCheck:
 def verify_probe(path: str | os.PathLike, model=None, *, device: str | None = None, tolerance: float = 0.02,
                  allow_fingerprint_mismatch: bool = False, n_boot: int = 200) -> ProbeCheck:
     """Load the probe and its model (from the recorded spec unless ``model`` is given), compare
-    fingerprints, regenerate the held-out prompts the artifact records (``task.test``) and
-    re-measure the AUROC (``metrics.test.auroc``) within ``tolerance``."""
+    fingerprints, regenerate the held-out prompts the artifact records (``task.test``: a task's
+    generator arguments, or a labelled file beside the artifact with its sha256 and split seed,
+    see :func:`mechkit.probes.data.recorded_rows`) and re-measure the AUROC
+    (``metrics.test.auroc``) within ``tolerance``."""
     from mechkit.models import fingerprint, load_model
     from mechkit.probes.activations import Labelled, collect
     from mechkit.probes.evaluate import evaluate_probe
@@ -286,7 +288,16 @@ def verify_probe(path: str | os.PathLike, model=None, *, device: str | None = No
     if not isinstance(test, dict) or not isinstance(recorded, (int, float)):
         return ProbeCheck(str(path), False, fp_ok, reason="nothing to re-measure: the artifact records no task.test "
                           "and metrics.test.auroc")
-    data = Labelled.from_pairs(regenerate(test, model), position=saved.probe.position)
+    if "source" in test:  # labelled texts from a file copied beside the artifact
+        from mechkit.errors import MechkitError
+        from mechkit.probes.data import recorded_rows
+
+        try:
+            data = recorded_rows(Path(path), test, model, saved.probe.position)
+        except MechkitError as err:
+            return ProbeCheck(str(path), False, fp_ok, reason=f"cannot re-read the held-out prompts: {err}")
+    else:
+        data = Labelled.from_pairs(regenerate(test, model), position=saved.probe.position)
     acts = collect(model, data, [saved.probe.hook], progress=False)[saved.probe.hook]
     measured = evaluate_probe(saved.probe, acts, data.labels, n_boot=n_boot).auroc
     ok = abs(measured - recorded) <= tolerance

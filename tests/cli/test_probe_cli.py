@@ -1,5 +1,6 @@
 """``mechkit probe``: exit codes and one-line errors (run in a subprocess)."""
 
+import hashlib
 import json
 
 import pytest
@@ -71,15 +72,43 @@ def test_one_class_labels_are_one_line_exit_2(tmp_path):
     assert not (tmp_path / "x.probe.json").exists()
 
 
-def test_fit_on_labelled_texts(tmp_path):
-    data = tmp_path / "rows.jsonl"
+def _texts(path):
     rows = [{"text": f"so {w} is", "label": 1} for w in ("test", "exam", "quiz", "graded", "eval", "benchmark")]
     rows += [{"text": f"so {w} is", "label": 0} for w in ("me", "us", "them", "him", "her", "people")]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "texts.probe.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_fit_on_labelled_texts_records_the_file_and_verify_re_measures_it(tmp_path):
+    data = _texts(tmp_path / "rows.jsonl")
+    out = tmp_path / "probes" / "texts.probe.json"
+    out.parent.mkdir()
     run = mechkit("probe", "fit", ORG, "--out", out, "--data", data, "--layer", "0", "--site", "resid_mid",
-                  "--n-boot", "50")
+                  "--n-boot", "50", "--seed", "3")
     assert run.returncode == 0, run
     doc = json.loads(out.read_text())
-    assert doc["position"] == "last" and doc["task"]["train"] == {"source": "rows.jsonl"}
+    sha = hashlib.sha256(data.read_bytes()).hexdigest()
+    assert doc["position"] == "last"
+    assert doc["task"]["train"] == {"source": "rows.jsonl", "source_sha256": sha, "seed": 3, "split": "train"}
+    assert doc["task"]["test"] == {**doc["task"]["train"], "split": "test"}
+    assert (out.parent / "rows.jsonl").read_bytes() == data.read_bytes()  # copied beside the artifact
     assert doc["metrics"]["test"]["n_pos"] == 2 and doc["metrics"]["test"]["n_neg"] == 2  # every 4th row per class
+    data.unlink()  # verify reads the copy only
+    run = mechkit("probe", "verify", out)
+    assert run.returncode == 0 and "PASS" in run.stdout and "held-out AUROC: recorded" in run.stdout, run
+    copy = out.parent / "rows.jsonl"
+    copy.write_text(copy.read_text().replace('"label": 0}', '"label": 1}', 1))
+    run = mechkit("probe", "verify", out)
+    assert run.returncode == 1 and "changed since the probe was fitted" in run.stdout, run
+
+
+@pytest.mark.parametrize("line, needle", [
+    ("[" * 100_000, "line 2 nests too deeply"),
+    ('{"a": ' * 100_000, "line 2 nests too deeply"),
+])
+def test_hostile_data_line_is_one_line_exit_2(tmp_path, line, needle):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"text": "so test is", "label": 1}\n' + line + "\n")
+    out = tmp_path / "x.probe.json"
+    assert needle in mechkit("probe", "fit", ORG, "--out", out, "--data", data).assert_one_line_error(2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
