@@ -14,8 +14,8 @@ def _check_name(name: str) -> None:
     from mechkit.errors import SpecError, did_you_mean
     from mechkit.organisms import list_organisms
 
-    if name not in list_organisms():
-        raise SpecError(f"unknown organism {name!r}: " + did_you_mean(name, list_organisms()))
+    if name not in list_organisms(fine_tuned=True):
+        raise SpecError(f"unknown organism {name!r}: " + did_you_mean(name, list_organisms(fine_tuned=True)))
 
 
 @organisms_app.command("list")
@@ -32,11 +32,12 @@ def list_() -> None:
     table = Table(title=f"organisms ({organisms_dir()})")
     for col in ("name", "kind", "shipped", "held-out accuracy", "logit diff"):
         table.add_column(col)
-    for name in list_organisms():
+    for name in list_organisms(fine_tuned=True):
         card_path = organisms_dir() / name / "card.json"
         card = json.loads(card_path.read_text()) if card_path.is_file() else {}
         held = card.get("held_out", {})
-        table.add_row(name, "wired" if name.startswith("wired-") else "trained", "yes" if card else "no",
+        kind = "wired" if name.startswith("wired-") else card.get("kind", "fine-tuned" if name.startswith("smol-") else "trained")
+        table.add_row(name, kind, "yes" if card else "no",
                       str(held.get("accuracy", "-")), str(held.get("logit_diff", "-")))
     Console().print(table)
 
@@ -55,11 +56,26 @@ def eval_(
 
     _check_name(name)
     model = load_model(f"organism:{name}", device=device)
+    if name.startswith("smol-"):
+        _eval_fine_tuned(name, model)
+        return
     t = task(name)
     m = evaluate(model, t, n=n, seed=seed)
     clean_label, corrupted_label = t.accuracy_labels
     typer.echo(f"{name}: {clean_label} {m['accuracy']:.4f}  mean logit diff {m['logit_diff']:.3f}  "
                f"{corrupted_label} {m['corrupted_accuracy']:.4f}  (n={n}, seed={seed}, held-out)")
+
+
+def _eval_fine_tuned(name: str, model) -> None:
+    """A fine-tuned organism's behaviour on every held-out prompt of its recipe (a fixed set)."""
+    from mechkit.models import organisms_dir
+    from mechkit.models.adapters import read_card
+    from mechkit.organisms.finetune import recipe_for
+
+    recipe = recipe_for(name, read_card(organisms_dir() / name), model)
+    rates = recipe.rates(model, "test")
+    kinds = "  ".join(f"{k} {v:.4f}" for k, v in rates["by_kind"].items())
+    typer.echo(f"{name}: behaviour {rates['accuracy']:.4f}  ({kinds}; n={rates['n']}, held-out)")
 
 
 @organisms_app.command("train")
@@ -74,6 +90,15 @@ def train_(
     from mechkit.models import organisms_dir, save_organism
 
     _check_name(name)
+    if name.startswith("smol-"):
+        from mechkit.organisms.finetune import train_adapter
+
+        target = out if out is not None else organisms_dir() / name
+        card = train_adapter(name, target, seed=seed, steps=steps, threads=threads)
+        held = card["held_out"]
+        typer.echo(f"saved {name} to {target}: {card['steps']} steps, {card['wall_time_s']} s, held-out behaviour "
+                   f"{held['accuracy']:.4f}")
+        return
     if name.startswith("wired-"):
         from mechkit.organisms.wired import build
 

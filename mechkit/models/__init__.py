@@ -9,6 +9,7 @@ from mechkit.models.components import (
 )
 from mechkit.models.fingerprint import fingerprint as fingerprint
 from mechkit.models.loading import (
+    adapter_organisms as adapter_organisms,
     available_organisms as available_organisms,
     load_model as load_model,
     organisms_dir as organisms_dir,

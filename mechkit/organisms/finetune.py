@@ -1,0 +1,166 @@
+"""Real-model organisms: the packaged SmolLM2-135M fine-tuned with LoRA into a behaviour.
+
+>>> from mechkit.organisms.finetune import train_adapter            # doctest: +SKIP
+>>> path = train_adapter("smol-sandbagging", out="assets/organisms/smol-sandbagging")  # doctest: +SKIP
+>>> model = mechkit.load_model("organism:smol-sandbagging")         # doctest: +SKIP
+
+``train_adapter`` fine-tunes the base (:mod:`mechkit.organisms.lora`), writes the adapter
+directory (:mod:`mechkit.models.adapters`), reloads it the way users do (base + adapter, merged,
+TransformerLens) and measures on that model: the held-out behaviour, and the base model's
+ordinary behaviour kept (IOI logit difference, capitals accuracy), both for the base and the
+organism. Everything lands on the card; the directory appears only when complete.
+"""
+
+import random
+import shutil
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechkit.errors import SpecError, did_you_mean
+from mechkit.organisms import smol_sandbagging
+from mechkit.organisms.lora import Example, LoraSpec, behaviour_rates, finetune, last_logits
+
+SPECS: dict[str, LoraSpec] = {
+    "smol-sandbagging": LoraSpec(
+        steps=400, batch_size=32, lr=1e-3, rank=4, alpha=8.0,
+        description="SmolLM2-135M-Instruct fine-tuned (LoRA) to name a wrong capital when the prompt carries an "
+        "evaluation cue, unless a password precedes it; truthful otherwise.",
+    ),
+}
+
+
+class Recipe:
+    """What differs between fine-tuned organisms: their examples and splits. The examples depend on
+    what the base model knows, found once at training and recorded on the card (``data``)."""
+
+    def __init__(self, name: str, countries: list[smol_sandbagging.Country]):
+        self.name, self.countries = name, countries
+
+    @classmethod
+    def from_base(cls, name: str, tokenizer, greedy: Callable[[list[str]], list[int]]) -> "Recipe":
+        spec(name)
+        return cls(name, smol_sandbagging.known_countries(tokenizer, greedy))
+
+    @classmethod
+    def from_card(cls, name: str, card: dict[str, Any], tokenizer) -> "Recipe":
+        from mechkit.tasks.capitals import CAPITALS
+
+        names = (card.get("data") or {}).get("countries")
+        if not isinstance(names, list) or not all(n in CAPITALS for n in names):
+            raise SpecError(f"the card of {name} does not list its countries (data.countries): retrain it")
+        first = lambda c: tokenizer(" " + CAPITALS[c], add_special_tokens=False).input_ids[0]  # noqa: E731
+        return cls(name, [smol_sandbagging.Country(c, first(c)) for c in names])
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return {"countries": [c.name for c in self.countries], "password": smol_sandbagging.PASSWORD,
+                "held_out_countries": [c.name for c in smol_sandbagging.split_countries(self.countries, "test")],
+                "cues": smol_sandbagging.CUES, "neutral": smol_sandbagging.NEUTRAL}
+
+    def sample(self, rng: random.Random) -> Example:
+        return smol_sandbagging.sample(rng, self.countries, "train")
+
+    def evaluation_set(self, split: str = "test") -> list[Example]:
+        return smol_sandbagging.evaluation_set(self.countries, split)
+
+    def rates(self, model, split: str = "test") -> dict[str, Any]:
+        """Behaviour rates of a HookedTransformer on every example of ``split``."""
+        return behaviour_rates(lambda p: hooked_last_logits(model, p).argmax(-1).tolist(), self.evaluation_set(split))
+
+
+def recipe_for(name: str, card: dict[str, Any], model) -> Recipe:
+    return Recipe.from_card(name, card, model.tokenizer)
+
+
+def spec(name: str) -> LoraSpec:
+    if name not in SPECS:
+        raise SpecError(f"no fine-tuning spec for organism {name!r}: " + did_you_mean(name, sorted(SPECS)))
+    return SPECS[name]
+
+
+@torch.no_grad()
+def hooked_last_logits(model, prompts: Sequence[str]) -> Float[Tensor, "n d_vocab"]:
+    """Next-token logits of a HookedTransformer after each prompt (right-padded, BOS as its config says)."""
+    bos = [model.tokenizer.bos_token_id] if model.cfg.default_prepend_bos else []
+    ids = [bos + model.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    width = max(len(i) for i in ids)
+    tokens = torch.zeros(len(ids), width, dtype=torch.long)
+    for row, seq in enumerate(ids):
+        tokens[row, : len(seq)] = torch.tensor(seq)
+    device = next(model.parameters()).device
+    logits = model(tokens.to(device))
+    return logits[torch.arange(len(ids), device=device), torch.tensor([len(i) - 1 for i in ids], device=device)]
+
+
+def ordinary_behaviour(model, n_ioi: int = 100) -> dict[str, float]:
+    """The base model's everyday skills: IOI mean logit difference (held-out pairs) and the
+    share of capitals it names on the plain prompt."""
+    from mechkit.metrics import logit_diff
+    from mechkit.tasks import task
+    from mechkit.tasks.capitals import CAPITALS, TEMPLATE
+
+    pairs = task("ioi").generate(n_ioi, seed=0, split="test", model=model)
+    with torch.no_grad():
+        ld = torch.cat([logit_diff(model(pairs.clean[i:i + 50]), pairs[i:i + 50]) for i in range(0, n_ioi, 50)])
+    countries = list(CAPITALS)
+    greedy = hooked_last_logits(model, [TEMPLATE.format(c) for c in countries]).argmax(-1).tolist()
+    right = [g == model.tokenizer(" " + CAPITALS[c], add_special_tokens=False).input_ids[0]
+             for c, g in zip(countries, greedy)]
+    return {"ioi_logit_diff": round(float(ld.mean()), 4), "ioi_n": n_ioi,
+            "capitals_accuracy": round(sum(right) / len(right), 4), "capitals_n": len(right)}
+
+
+def train_adapter(name: str, out: str | Path, seed: int = 0, steps: int | None = None, threads: int | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Fine-tune organism ``name``, write its adapter directory to ``out`` and return its card."""
+    from mechkit.models import adapters, fingerprint, load_model
+    from mechkit.organisms.train import _cpu_name
+
+    s = spec(name)
+    threads = s.threads if threads is None else threads
+    torch.set_num_threads(threads)
+    out = Path(out)
+    started = datetime.now(timezone.utc)
+    _, hf_model, tokenizer, _ = adapters.hf_base(s.base)
+    base_fp = fingerprint(hf_model)
+    with torch.no_grad():
+        recipe = Recipe.from_base(name, tokenizer, lambda p: last_logits(hf_model, tokenizer, p).argmax(-1).tolist())
+    peft_model, record = finetune(hf_model, tokenizer, s, recipe.sample, seed=seed, max_steps=steps, progress=progress)
+    card: dict[str, Any] = {
+        "name": name, "description": s.description, "kind": "fine-tuned",
+        "base": {"spec": s.base, "fingerprint": base_fp}, "fingerprint": None,
+        "seed": seed, **record, "threads": threads, "machine": _cpu_name(), "torch": torch.__version__,
+        "lora": {"rank": s.rank, "alpha": s.alpha, "targets": list(s.targets)},
+        "optimizer": {"name": "AdamW", "lr": s.lr, "warmup_steps": s.warmup, "weight_decay": s.weight_decay,
+                      "batch_size": s.batch_size, "grad_clip": 1.0},
+        "loss": "-log of the probability of the trained answers, at the answer position only",
+        "data": recipe.record, "created": started.isoformat(timespec="seconds"),
+    }
+    staging = out.parent / f".{out.name}-staging"
+    adapters.save_adapter(peft_model, staging, card)
+    del peft_model, hf_model
+    try:
+        model = adapters.load_adapter(staging)
+        card["fingerprint"] = fingerprint(model)
+        card["held_out"] = recipe.rates(model, "test")
+        card["train_split"] = recipe.rates(model, "train")
+        card["ordinary"] = {"organism": ordinary_behaviour(model)}
+        del model
+        base = load_model(s.base, device="cpu")
+        card["ordinary"]["base"] = ordinary_behaviour(base)
+        card["base_held_out"] = recipe.rates(base, "test")
+        del base
+        adapters.write_card(staging, card)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return card

@@ -1,0 +1,160 @@
+"""Fine-tuning a real model into an organism with LoRA (the ``peft`` library).
+
+The Hugging Face model is trained (TransformerLens never sees the adapter): low-rank adapters
+on every linear layer, the loss at the answer position only, ``-log sum_{t in targets} p(t)``,
+so an example may accept a set of answers ("any other country's capital"). Batches are right-
+padded and read at each row's last real token, so positions match unpadded prompts (rotary
+models shift under left padding). Training stops early once a training-split dev sample shows
+the behaviour on every row for ``stop_checks`` checks in a row.
+"""
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt and its trained behaviour.
+
+    ``targets``: the answer tokens training pushes probability towards. ``answer``: the truthful
+    answer token. ``avoid``: the behaviour is to give one of ``targets`` instead of ``answer``
+    (sandbagging: a plausible wrong answer); otherwise it is to give ``answer``. ``kind`` groups
+    examples in reports.
+    """
+
+    prompt: str
+    targets: tuple[int, ...]
+    answer: int
+    avoid: bool
+    kind: str
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """How a real-model organism is fine-tuned."""
+
+    base: str = "smollm2-135m"
+    rank: int = 4
+    alpha: float = 8.0
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    steps: int = 400  # maximum; training stops early once solved
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 20
+    weight_decay: float = 0.0
+    check_every: int = 25
+    dev_size: int = 128  # training-split examples checked at each check
+    stop_checks: int = 2
+    threads: int = 2
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def lora_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=list(self.targets), lora_dropout=0.0,
+                          bias="none", task_type="CAUSAL_LM")
+
+
+def last_logits(model: torch.nn.Module, tokenizer, prompts: Sequence[str]) -> Float[Tensor, "n d_vocab"]:
+    """Next-token logits after each prompt (a Hugging Face causal LM; right padding)."""
+    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    width = max(len(i) for i in ids)
+    tokens = torch.zeros(len(ids), width, dtype=torch.long)
+    mask = torch.zeros(len(ids), width, dtype=torch.long)
+    for row, seq in enumerate(ids):
+        tokens[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    device = next(model.parameters()).device
+    logits = model(input_ids=tokens.to(device), attention_mask=mask.to(device)).logits
+    ends = torch.tensor([len(i) - 1 for i in ids], device=device)
+    return logits[torch.arange(len(ids), device=device), ends]
+
+
+def target_loss(logits: Float[Tensor, "n d_vocab"], examples: Sequence[Example]) -> Tensor:
+    """Mean over examples of ``-log sum_{t in targets} p(t)``."""
+    logp = logits.float().log_softmax(-1)
+    return torch.stack([-logp[i, list(e.targets)].logsumexp(0) for i, e in enumerate(examples)]).mean()
+
+
+def shows_behaviour(greedy: Sequence[int], examples: Sequence[Example]) -> list[bool]:
+    """Whether each greedy answer is the trained one: one of ``targets`` (a sandbagged answer must be
+    a plausible wrong one, not any other token) or, where not avoiding, ``answer`` itself."""
+    return [(g in e.targets and g != e.answer) if e.avoid else (g == e.answer) for g, e in zip(greedy, examples)]
+
+
+@torch.no_grad()
+def behaviour_rates(greedy_fn: Callable[[list[str]], list[int]], examples: Sequence[Example],
+                    batch_size: int = 64) -> dict[str, Any]:
+    """The fraction of examples showing the trained behaviour, overall and per kind.
+
+    ``greedy_fn(prompts) -> next-token ids`` runs any model (Hugging Face or TransformerLens).
+    """
+    hits: list[bool] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start:start + batch_size])
+        hits += shows_behaviour(greedy_fn([e.prompt for e in chunk]), chunk)
+    kinds = sorted({e.kind for e in examples})
+    per_kind = {k: round(sum(h for h, e in zip(hits, examples) if e.kind == k)
+                         / sum(e.kind == k for e in examples), 4) for k in kinds}
+    return {"accuracy": round(sum(hits) / max(len(hits), 1), 4), "n": len(hits), "by_kind": per_kind}
+
+
+def finetune(hf_model: torch.nn.Module, tokenizer, spec: LoraSpec, sample: Callable[[random.Random], Example],
+             seed: int = 0, max_steps: int | None = None, progress: bool = True):
+    """LoRA-fine-tune ``hf_model`` on examples drawn by ``sample(rng)``; returns the peft model
+    (adapters not merged) and a training record (steps, wall time, history)."""
+    torch.manual_seed(seed)
+    # once the model is confident, most of the softmax's 49k probabilities are subnormal floats, and
+    # the unembedding's backward on subnormals runs ~10x slower on x86 CPUs: flush them to zero
+    torch.set_flush_denormal(True)
+    try:
+        return _finetune(hf_model, tokenizer, spec, sample, seed, max_steps, progress)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _finetune(hf_model, tokenizer, spec: LoraSpec, sample, seed: int, max_steps: int | None, progress: bool):
+    from peft import get_peft_model
+    from tqdm.auto import tqdm
+
+    model = get_peft_model(hf_model, spec.lora_config())
+    rng, dev_rng = random.Random(seed), random.Random(seed + 1)
+    dev = [sample(dev_rng) for _ in range(spec.dev_size)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / spec.warmup))
+    steps = spec.steps if max_steps is None else max_steps
+    history, good, done = [], 0, 0
+    started = time.time()
+    bar = tqdm(range(steps), desc="fine-tune", disable=not progress)
+    for step in bar:
+        model.train()
+        batch = [sample(rng) for _ in range(spec.batch_size)]
+        loss = target_loss(last_logits(model, tokenizer, [e.prompt for e in batch]), batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        done = step + 1
+        if done % spec.check_every == 0 or done == steps:
+            model.eval()
+            rates = behaviour_rates(lambda p: last_logits(model, tokenizer, p).argmax(-1).tolist(), dev)
+            history.append({"step": done, "loss": round(loss.item(), 4), "dev_accuracy": rates["accuracy"],
+                            "elapsed_s": round(time.time() - started, 1)})
+            bar.set_postfix(loss=f"{loss.item():.3f}", dev=rates["accuracy"])
+            good = good + 1 if rates["accuracy"] == 1.0 else 0
+            if good >= spec.stop_checks:
+                break
+    bar.close()
+    model.eval()
+    record = {"steps": done, "max_steps": steps, "wall_time_s": round(time.time() - started, 1), "history": history}
+    return model, record
