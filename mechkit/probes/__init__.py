@@ -25,7 +25,11 @@ Modules, in the order data flows through them:
 - ``contrast``: :func:`contrast_probe` (the generic yes/no contrast-pair direction) and
   :func:`behaviour_labels` (does the model show the behaviour on each prompt?);
 - ``io``: :func:`save_probe`, :func:`load_probe`, :func:`verify_probe` (``mechkit.probe/1``);
-- ``steer``: :func:`steer` and :func:`ablate` along a probe's direction.
+- ``steer``: :func:`steer` and :func:`ablate` along a probe's direction;
+- ``noise``: :func:`noise_injection`, the probe-free sandbagging check of Tice et al. (2024):
+  accuracy under Gaussian noise on every weight, which rises for a sandbagging model
+  (:class:`NoiseCurve`: per noise level the mean with a bootstrap interval, the best seed, the
+  improvement ratio, ``to_dict`` and a plotly ``figure``).
 
 ``mechkit probe fit|eval|verify`` runs them from the shell.
 """
@@ -44,6 +48,7 @@ from mechkit.probes.io import (
     save_probe as save_probe,
     verify_probe as verify_probe,
 )
+from mechkit.probes.noise import NoiseCurve as NoiseCurve, noise_injection as noise_injection
 from mechkit.probes.steer import ablate as ablate, steer as steer
 from mechkit.probes.sweep import (
     LayerSweep as LayerSweep,
