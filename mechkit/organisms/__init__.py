@@ -30,7 +30,7 @@ from mechkit.organisms.train import evaluate as evaluate
 
 ORGANISMS = ("induction", "chekhov", "sandbagging", "wired-induction", "wired-chekhov")
 # LoRA fine-tunes of the packaged SmolLM2-135M (mechkit.organisms.finetune)
-FINE_TUNED = ("smol-sandbagging",)
+FINE_TUNED = ("smol-sandbagging", "smol-chekhov")
 
 
 def list_organisms(fine_tuned: bool = False) -> list[str]:

