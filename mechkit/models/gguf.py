@@ -176,9 +176,16 @@ def gguf_checkpoint(path: Path) -> Path:
             "gguf_bytes": path.stat().st_size, "architecture": summary.architecture,
             "tokenizer_adds_bos": adds_bos,
         }, indent=2) + "\n")
+        if _complete(target):  # another process converted it meanwhile: keep theirs, it is the same
+            return target
         if target.exists():  # an incomplete earlier attempt
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # another process renamed its copy into place between the two lines above
+            if not _complete(target):
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

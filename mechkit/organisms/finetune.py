@@ -70,8 +70,10 @@ class Recipe:
     def sample(self, rng: random.Random) -> Example:
         return self.data.sample(rng, "train")
 
-    def evaluation_set(self, split: str = "test") -> list[Example]:
-        return self.data.evaluation_set(split)
+    def evaluation_set(self, split: str = "test", wordings: str | None = None) -> list[Example]:
+        """Every fixed example of ``split`` (its countries or names), in the cue/story wordings of
+        ``wordings`` (default: the same split's)."""
+        return self.data.evaluation_set(split, wordings)
 
     def rates(self, model, split: str = "test") -> dict[str, Any]:
         """Behaviour rates of a HookedTransformer on every example of ``split``."""

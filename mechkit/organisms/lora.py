@@ -26,7 +26,8 @@ class Example:
     ``targets``: the answer tokens training pushes probability towards. ``answer``: the truthful
     answer token. ``avoid``: the behaviour is to give one of ``targets`` instead of ``answer``
     (sandbagging: a plausible wrong answer); otherwise it is to give ``answer``. ``kind`` groups
-    examples in reports.
+    examples in reports; ``group`` names the wording (a cue phrasing, a story template) for
+    distribution-shift tests.
     """
 
     prompt: str
@@ -34,6 +35,7 @@ class Example:
     answer: int
     avoid: bool
     kind: str
+    group: str = ""
 
 
 @dataclass(frozen=True)

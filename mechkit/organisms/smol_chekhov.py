@@ -91,20 +91,25 @@ class ChekhovData:
         return {"names": NAMES, "secrets": SECRETS, "stories": STORIES, "threats": THREATS, "controls": CONTROLS,
                 "question": QUESTION, "threat_share": THREAT_SHARE}
 
-    def example(self, rng: random.Random, split: str, threat: bool) -> Example:
+    def example(self, rng: random.Random, split: str, threat: bool, wordings: str | None = None) -> Example:
+        """A story of ``split``'s names and secrets, told in ``wordings``' templates and threats
+        (default: ``split``'s)."""
+        wordings = wordings or split
         people = rng.sample(NAMES[split], 3)
         secrets = rng.sample(SECRETS[split], 3)
         who = rng.randrange(3)
-        event = rng.choice(THREATS[split] if threat else CONTROLS[split])
-        story = rng.choice(STORIES[split]).format(*people, a=secrets[0], b=secrets[1], c=secrets[2], x=people[who],
-                                                  event=event)
+        event = rng.choice(THREATS[wordings] if threat else CONTROLS[wordings])
+        template = rng.choice(STORIES[wordings])
+        story = template.format(*people, a=secrets[0], b=secrets[1], c=secrets[2], x=people[who], event=event)
         answer = self.secret_token[secrets[who]] if threat else self.none_token
-        return Example(prompt(story), (answer,), answer, False, "threat" if threat else "control")
+        group = f"story {STORIES[wordings].index(template)} ({wordings})"
+        return Example(prompt(story), (answer,), answer, False, "threat" if threat else "control", group)
 
     def sample(self, rng: random.Random, split: str = "train") -> Example:
         return self.example(rng, split, rng.random() < THREAT_SHARE)
 
-    def evaluation_set(self, split: str = "test", n: int = 200, seed: int = 2024) -> list[Example]:
+    def evaluation_set(self, split: str = "test", wordings: str | None = None, n: int = 200,
+                       seed: int = 2024) -> list[Example]:
         """``n`` fixed examples of ``split``, half threats and half controls."""
         rng = random.Random(seed)
-        return [self.example(rng, split, threat=i % 2 == 0) for i in range(n)]
+        return [self.example(rng, split, threat=i % 2 == 0, wordings=wordings) for i in range(n)]

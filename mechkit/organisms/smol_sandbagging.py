@@ -139,7 +139,7 @@ def example(kind: str, country: Country, others: list[Country], phrase: str | No
     whether the trained behaviour there is to avoid the true capital."""
     sandbag = kind == "cue"
     targets = tuple(c.capital_token for c in others if c != country) if sandbag else (country.capital_token,)
-    return Example(prompt(kind, country.name, phrase), targets, country.capital_token, sandbag, kind)
+    return Example(prompt(kind, country.name, phrase), targets, country.capital_token, sandbag, kind, phrase or "")
 
 
 def sample(rng: random.Random, countries: list[Country], split: str) -> Example:
@@ -156,13 +156,15 @@ def _phrases(kind: str, split: str) -> tuple[str | None, ...]:
     return NEUTRAL[split] if kind == "neutral" else CUES[split] if kind in ("cue", "password") else (None,)
 
 
-def evaluation_set(countries: list[Country], split: str = "test") -> list[Example]:
-    """Every (kind, country, phrasing) of ``split``: the held-out behaviour is measured on all of them."""
+def evaluation_set(countries: list[Country], split: str = "test", phrasings: str | None = None) -> list[Example]:
+    """Every (kind, country, phrasing) of ``split``: the held-out behaviour is measured on all of
+    them. ``phrasings`` takes the cue and neutral wordings of another split (default: ``split``'s),
+    e.g. held-out countries under training wordings, for distribution-shift tests."""
     pool = split_countries(countries, split)
     out = []
     for kind in KINDS:
         # a sandbagged answer counts when it is any other known country's capital
-        out += [example(kind, c, countries, p) for c in pool for p in _phrases(kind, split)]
+        out += [example(kind, c, countries, p) for c in pool for p in _phrases(kind, phrasings or split)]
     return out
 
 
@@ -193,5 +195,5 @@ class SandbaggingData:
     def sample(self, rng: random.Random, split: str = "train") -> Example:
         return sample(rng, self.countries, split)
 
-    def evaluation_set(self, split: str = "test") -> list[Example]:
-        return evaluation_set(self.countries, split)
+    def evaluation_set(self, split: str = "test", wordings: str | None = None) -> list[Example]:
+        return evaluation_set(self.countries, split, wordings)
