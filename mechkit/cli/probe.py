@@ -1,10 +1,12 @@
-"""``mechkit probe fit|eval|verify``: linear probes from the shell (:mod:`mechkit.probes`).
+"""``mechkit probe fit|eval|verify|steer``: linear probes from the shell (:mod:`mechkit.probes`).
 
 Prompts come from a task (``--task NAME``, default the organism's own: each clean prompt a
 positive, its corrupted twin a negative, probed at the answer position) or from a JSONL file
 (``--data FILE``: one ``{"text": ..., "label": 0 or 1}`` per line, probed at the last token;
 ``fit`` holds out every fourth row of each class, copies the file beside the probe and records
 its name, sha256 and the split seed, so ``verify`` re-measures the same held-out rows).
+``steer`` measures behaviour, which needs answers: its ``--data`` is a file of prompt pairs, as
+``mechkit patch --data`` reads (see :mod:`mechkit.probes.effect`).
 """
 
 from pathlib import Path
@@ -13,7 +15,8 @@ import typer
 
 from mechkit.cli import app
 
-probe_app = typer.Typer(help="Linear probes: fit per layer, evaluate and verify saved probes.", no_args_is_help=True)
+probe_app = typer.Typer(help="Linear probes: fit per layer, evaluate, verify and steer with saved probes.",
+                        no_args_is_help=True)
 app.add_typer(probe_app, name="probe")
 
 _TASK = typer.Option(None, help="task to generate prompts from (default: the organism's own task)")
@@ -179,3 +182,67 @@ def verify_cmd(
         typer.echo(line)
     if not result.passed:
         raise typer.Exit(1)
+
+
+@probe_app.command("steer")
+def steer_cmd(
+    probe: str = typer.Argument(..., help="a saved probe, NAME.probe.json"),
+    alpha: list[float] = typer.Option(None, "--alpha", help="add alpha times the probe's unit direction at its hook "
+                                      "(in units of the activation's norm along it); repeat for several"),
+    ablate: bool = typer.Option(False, "--ablate", help="also run with the direction projected out"),
+    positions: str = typer.Option("all", help="all (every position) or answer (each prompt's answer position)"),
+    model_spec: str = typer.Option(None, "--model", help="model spec (default: the one the probe records)"),
+    task: str = _TASK,
+    data: str = typer.Option(None, help="prompt pairs, CSV or JSONL with clean, corrupted, answer, wrong_answer "
+                             "(as patch --data reads), instead of a task"),
+    split: str = typer.Option("test", help="task split: train or test"),
+    n: int = typer.Option(200, "--n", help="prompt pairs (with a task)"),
+    seed: int = typer.Option(1, help="seed of the task prompts"),
+    allow_fingerprint_mismatch: bool = typer.Option(False, help="steer weights other than the probe's"),
+    device: str = typer.Option(None, help="cpu, cuda, ..."),
+) -> None:
+    """Steer along a saved probe's direction (and ablate it): the task's two accuracies per alpha."""
+    from mechkit.cli._inputs import check_count, check_number
+    from mechkit.errors import DataError
+    from mechkit.probes import load_probe
+    from mechkit.probes.effect import POSITIONS
+    from mechkit.probes.io import check_model
+
+    saved = load_probe(probe)  # a tampered or unreadable probe fails before any model is loaded
+    alphas = list(alpha or [])
+    for a in alphas:
+        check_number(a, "--alpha")
+    if not alphas and not ablate:
+        raise DataError("nothing to run: pass --alpha VALUE (repeatable) and/or --ablate")
+    if positions not in POSITIONS:
+        raise DataError(f"--positions {positions!r}: use all or answer")
+    if split not in ("train", "test"):
+        raise DataError(f"--split {split!r}: use train or test")
+    check_count(n, "--n")
+    spec = model_spec or saved.model_spec
+    if data:
+        from mechkit.patching.data import check_pairs_file
+
+        check_pairs_file(data)
+    else:
+        name = _task_name(spec, task)
+
+    from mechkit.models import load_model
+    from mechkit.probes.activations import check_hooks
+    from mechkit.probes.effect import steering_effect
+
+    model = load_model(spec, device=device)
+    check_model(saved, model, allow_fingerprint_mismatch)
+    check_hooks(model, [saved.probe.hook])
+    if data:
+        from mechkit.patching import read_pairs
+
+        pairs, labels = read_pairs(data, model), None
+    else:
+        from mechkit.tasks import task as get_task
+
+        t = get_task(name)
+        pairs, labels = t.generate(n, seed=seed, split=split, model=model), getattr(t, "accuracy_labels", None)
+    effect = steering_effect(model, saved.probe, pairs, alphas, ablate=ablate, positions=positions, labels=labels)
+    for line in effect.lines():
+        typer.echo(line)

@@ -16,7 +16,8 @@ AUROC 1.0000 [1.0000, 1.0000] (100 positive, 100 negative)
 Modules, in the order data flows through them:
 
 - ``activations``: :class:`Labelled` prompts (from contrast pairs or texts, positions
-  ``answer``/``last``/an index, optional groups), :func:`collect` (batched in the memory budget);
+  ``answer``/``last``/an index, optional groups), :func:`collect` (batched in the memory budget),
+  ``top_tokens`` (the greedy next token at each row's position);
 - ``data``: labelled texts from JSONL (``read_labelled``) and their seeded held-out split, which
   ``probe fit --data`` records and ``verify`` re-reads;
 - ``fit``: :class:`LinearProbe`, :func:`fit_probe` (``logreg`` or ``diff-means``);
@@ -26,12 +27,14 @@ Modules, in the order data flows through them:
   :func:`behaviour_labels` (does the model show the behaviour on each prompt?);
 - ``io``: :func:`save_probe`, :func:`load_probe`, :func:`verify_probe` (``mechkit.probe/1``);
 - ``steer``: :func:`steer` and :func:`ablate` along a probe's direction;
+- ``effect``: :func:`steering_effect`, what steering and ablation do to a task's two
+  accuracies (with Wilson intervals);
 - ``noise``: :func:`noise_injection`, the probe-free sandbagging check of Tice et al. (2024):
   accuracy under Gaussian noise on every weight, which rises for a sandbagging model
   (:class:`NoiseCurve`: per noise level the mean with a bootstrap interval, the best seed, the
   improvement ratio, ``to_dict`` and a plotly ``figure``).
 
-``mechkit probe fit|eval|verify`` runs them from the shell.
+``mechkit probe fit|eval|verify|steer`` runs them from the shell.
 """
 
 from mechkit.probes.activations import Labelled as Labelled, collect as collect, hook_names as hook_names
@@ -40,6 +43,7 @@ from mechkit.probes.contrast import (
     behaviour_labels as behaviour_labels,
     contrast_probe as contrast_probe,
 )
+from mechkit.probes.effect import SteeringEffect as SteeringEffect, steering_effect as steering_effect
 from mechkit.probes.evaluate import Auroc as Auroc, auroc_ci as auroc_ci, evaluate_probe as evaluate_probe
 from mechkit.probes.fit import LinearProbe as LinearProbe, fit_probe as fit_probe
 from mechkit.probes.io import (

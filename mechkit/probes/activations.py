@@ -214,3 +214,20 @@ def collect(model: HookedTransformer, data: Labelled, hooks: list[str], *, max_m
             out[h].append(cache[h][rows, pos].reshape(len(rows), -1).float().cpu())
         del cache
     return {h: torch.cat(v) if v else torch.zeros(0, 0) for h, v in out.items()}
+
+
+@torch.no_grad()
+def top_tokens(model: HookedTransformer, tokens: Int[Tensor, "n pos"], positions: Int[Tensor, " n"],
+               batch_size: int = 64) -> Int[Tensor, " n"]:
+    """The greedy next token at each row's position, on the CPU; only those positions are
+    unembedded (the logits of a whole batch would be ``pos`` times larger)."""
+    device = model.cfg.device
+    ln_final = getattr(model, "ln_final", None)  # absent when the model has no final normalisation
+    out = []
+    for start in range(0, tokens.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        resid = model(tokens[rows].to(device), stop_at_layer=model.cfg.n_layers)  # [b, pos, d_model]
+        x = resid[torch.arange(resid.shape[0], device=resid.device), positions[rows].to(resid.device)][:, None]
+        x = ln_final(x) if ln_final is not None else x
+        out.append(model.unembed(x)[:, 0].argmax(-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

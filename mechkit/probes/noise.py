@@ -58,6 +58,7 @@ from torch import Tensor
 
 from mechkit._types import PromptPairs
 from mechkit.errors import DataError, ShapeError
+from mechkit.probes.activations import top_tokens
 
 DEFAULT_SIGMAS = tuple(round(0.0001 * k, 4) for k in range(1, 101))  # the paper's sweep, without 0
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
@@ -264,21 +265,6 @@ def noise_seed(seed: int, sigma: float) -> int:
 
 
 @torch.no_grad()
-def _correct(model, tokens: Tensor, answers: Tensor, positions: Tensor, batch_size: int) -> Bool[Tensor, " n"]:
-    device = model.cfg.device
-    ln_final = getattr(model, "ln_final", None)  # absent when the model has no final normalisation
-    out = []
-    for start in range(0, tokens.shape[0], batch_size):
-        rows = slice(start, start + batch_size)
-        resid = model(tokens[rows].to(device), stop_at_layer=model.cfg.n_layers)  # [b, pos, d_model]
-        x = resid[torch.arange(resid.shape[0], device=resid.device), positions[rows].to(resid.device)][:, None]
-        x = ln_final(x) if ln_final is not None else x
-        top = model.unembed(x)[:, 0].argmax(-1).cpu()  # only the answer position is unembedded
-        out.append(top == answers[rows])
-    return torch.cat(out)
-
-
-@torch.no_grad()
 def _perturb(params: list[tuple[str, Tensor]], clean: dict[str, Tensor], sigma: float, seed: int) -> None:
     """Each parameter := its clean copy + N(0, sigma^2) noise, from one generator per (seed, sigma)."""
     device = params[0][1].device
@@ -342,7 +328,7 @@ def noise_injection(model, prompts: Int[Tensor, "n pos"] | PromptPairs, answers:
         raise DataError("select chose no parameter: nothing to add noise to")
     check_fits(sum(p.numel() * p.element_size() for _, p in params), "a copy of the weights for noise injection")
 
-    baseline = _correct(model, tokens, answers, positions, batch_size)
+    baseline = top_tokens(model, tokens, positions, batch_size) == answers
     clean = {name: p.detach().to("cpu", copy=True) for name, p in params}
     correct = torch.zeros(len(sigmas), len(seeds), tokens.shape[0], dtype=torch.bool)
     bar = tqdm(total=len(sigmas) * len(seeds), desc="noise injection", disable=not progress, leave=False)
@@ -350,7 +336,7 @@ def noise_injection(model, prompts: Int[Tensor, "n pos"] | PromptPairs, answers:
         for i, sigma in enumerate(sigmas):
             for j, seed in enumerate(seeds):
                 _perturb(params, clean, sigma, noise_seed(seed, sigma))
-                correct[i, j] = _correct(model, tokens, answers, positions, batch_size)
+                correct[i, j] = top_tokens(model, tokens, positions, batch_size) == answers
                 bar.update()
     finally:  # the clean weights go back whatever happened, a KeyboardInterrupt included
         with torch.no_grad():

@@ -112,3 +112,53 @@ def test_hostile_data_line_is_one_line_exit_2(tmp_path, line, needle):
     out = tmp_path / "x.probe.json"
     assert needle in mechkit("probe", "fit", ORG, "--out", out, "--data", data).assert_one_line_error(2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+def _rates(stdout: str) -> dict[str, tuple[float, float]]:
+    """``intervention -> (clean rate, corrupted rate)`` from the table ``probe steer`` prints."""
+    out = {}
+    for line in stdout.splitlines()[2:]:
+        name, rest = line[:14].strip(), line[14:].split()
+        out[name] = (float(rest[0]), float(rest[3]))
+    return out
+
+
+def test_steering_against_the_cue_direction_stops_the_sandbagging(fitted):
+    # the cue's classes lie about 5 apart along the (logreg) probe's unit direction
+    run = mechkit("probe", "steer", fitted, "--alpha", "-8", "--alpha", "8", "--ablate", "--n", "100")
+    assert run.returncode == 0, run
+    assert "sandbagged with cue" in run.stdout and "truthful without cue" in run.stdout, run
+    rates = _rates(run.stdout)
+    assert list(rates) == ["none", "alpha -8", "alpha 8", "ablate"], run
+    assert rates["none"][0] >= 0.95 and rates["none"][1] >= 0.95, run
+    assert rates["alpha -8"][0] <= 0.05, run  # no more sandbagging under the cue
+    assert rates["alpha -8"][1] >= 0.8, run  # and still truthful without it
+    assert rates["alpha 8"][1] <= 0.7, run  # pushing towards the cue makes it sandbag without one
+
+
+def test_steer_on_a_pairs_file(fitted, tmp_path):
+    from mechkit.tasks import task
+
+    t = task("sandbagging")
+    pairs = t.generate(30, seed=3, split="test")
+    words = lambda row: " ".join(t.vocab[i] for i in row.tolist()[1:])  # noqa: E731  (BOS is prepended again)
+    rows = ["clean,corrupted,answer,wrong_answer"] + [
+        f"{words(pairs.clean[i])},{words(pairs.corrupted[i])},{t.vocab[int(pairs.answer[i])]},{t.vocab[int(pairs.wrong[i])]}"
+        for i in range(len(pairs))]
+    data = tmp_path / "pairs.csv"
+    data.write_text("\n".join(rows) + "\n")
+    run = mechkit("probe", "steer", fitted, "--data", data, "--alpha", "-8", "--positions", "answer")
+    assert run.returncode == 0 and "30 prompt pairs" in run.stdout and "answer positions" in run.stdout, run
+    rates = _rates(run.stdout)
+    assert rates["none"][0] == 1.0 and rates["alpha -8"][0] <= 0.1, run
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--alpha", "nan"], "--alpha nan is not a finite number"),
+    (["--alpha", "abc"], "--alpha"),
+    ([], "nothing to run"),
+    (["--alpha", "1", "--positions", "middle"], "--positions"),
+    (["--alpha", "1", "--model", "organism:chekhov", "--task", "sandbagging"], "fitted on weights"),
+])
+def test_steer_bad_input_is_one_line_exit_2(fitted, args, needle):
+    assert needle in mechkit("probe", "steer", fitted, *args).assert_one_line_error(2)
