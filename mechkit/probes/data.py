@@ -47,11 +47,13 @@ def read_labelled(path: str | Path, what: str = "--data") -> LabelledTexts:
         raw = bytes(_read_bounded(Path(path), f"{what} file", limit=MAX_DATA_BYTES))
     except ArtifactError as err:
         raise DataError(str(err)) from None
-    rows, _ = _jsonl_rows(where, raw.decode("utf-8-sig", errors="replace"))
+    text = raw.decode("utf-8-sig", errors="replace")
+    rows, _ = _jsonl_rows(where, text)
+    numbers = [i for i, line in enumerate(text.splitlines(), 1) if line.strip()]  # the lines rows came from
     texts, labels = [], []
-    for i, row in enumerate(rows, 1):
+    for i, row in zip(numbers, rows):
         if not isinstance(row.get("text"), str) or row.get("label") not in (0, 1):
-            raise DataError(f'{where} row {i}: expected {{"text": "...", "label": 0 or 1}}')
+            raise DataError(f'{where} line {i}: expected {{"text": "...", "label": 0 or 1}}')
         texts.append(row["text"])
         labels.append(int(row["label"]))
     if not texts:

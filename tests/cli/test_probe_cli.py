@@ -114,6 +114,16 @@ def test_hostile_data_line_is_one_line_exit_2(tmp_path, line, needle):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
 
 
+def test_a_bad_row_is_named_by_its_line(tmp_path):
+    from mechkit.errors import DataError
+    from mechkit.probes.data import read_labelled
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"text": "so test is", "label": 1}\n\n{"text": "so me is", "label": 2}\n')
+    with pytest.raises(DataError, match="line 3: expected"):
+        read_labelled(data)
+
+
 def _rates(stdout: str) -> dict[str, tuple[float, float]]:
     """``intervention -> (clean rate, corrupted rate)`` from the table ``probe steer`` prints."""
     out = {}
