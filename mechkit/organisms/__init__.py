@@ -24,6 +24,7 @@ shipped as adapters and merged on load (:mod:`mechkit.organisms.finetune`).
 from mechkit.organisms import chekhov as _chekhov  # noqa: F401  (importing registers the tasks)
 from mechkit.organisms import induction as _induction  # noqa: F401
 from mechkit.organisms import sandbagging as _sandbagging  # noqa: F401
+from mechkit.organisms import smol_tasks as _smol_tasks  # noqa: F401  (the fine-tuned organisms' pair tasks)
 from mechkit.organisms import probe as probe  # noqa: F401  (linear probes: mechkit.organisms.probe)
 from mechkit.organisms.tasks import Task as Task, regenerate as regenerate, task as task
 from mechkit.organisms.train import evaluate as evaluate

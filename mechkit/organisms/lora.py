@@ -141,7 +141,11 @@ def _finetune(hf_model, tokenizer, spec: LoraSpec, sample, seed: int, max_steps:
     for step in bar:
         model.train()
         batch = [sample(rng) for _ in range(spec.batch_size)]
-        loss = target_loss(last_logits(model, tokenizer, [e.prompt for e in batch]), batch)
+        logits = last_logits(model, tokenizer, [e.prompt for e in batch])
+        # zero the subnormal part of the gradient too: set_flush_denormal only reaches this
+        # thread, not the thread pool that runs the unembedding's backward
+        logits.register_hook(lambda g: g.masked_fill(g.abs() < 1e-30, 0.0))
+        loss = target_loss(logits, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

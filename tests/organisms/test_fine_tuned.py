@@ -5,6 +5,7 @@ packaged base, show their behaviour on held-out prompts, keep the base's ordinar
 import json
 
 import pytest
+import torch
 
 from mechkit.models import adapters, fingerprint, load_model, organisms_dir
 from mechkit.organisms import FINE_TUNED
@@ -88,3 +89,20 @@ def test_recipe_splits_are_disjoint():
     for table in (smol_sandbagging.CUES, smol_sandbagging.NEUTRAL, smol_chekhov.NAMES, smol_chekhov.SECRETS,
                   smol_chekhov.STORIES, smol_chekhov.THREATS, smol_chekhov.CONTROLS):
         assert not set(table["train"]) & set(table["test"])
+
+
+def test_pair_tasks_contrast_the_behaviour(organism):
+    """The organisms' patching tasks: equal-length clean/corrupted prompts whose logit difference
+    flips sign between them (the behaviour on clean, its absence or the other binding on corrupted)."""
+    from mechkit.metrics import logit_diff
+    from mechkit.tasks import regenerate, task
+
+    name, model, _ = organism
+    variants = [{}] if name == "smol-sandbagging" else [{"corruption": "swap"}, {"corruption": "control"}]
+    for params in variants:
+        pairs = task(name, **params).generate(16, seed=0, split="test", model=model)
+        assert pairs.clean.shape == pairs.corrupted.shape
+        assert torch.equal(regenerate(pairs.task, model).clean, pairs.clean)
+        with torch.no_grad():
+            clean, corrupted = logit_diff(model(pairs.clean), pairs), logit_diff(model(pairs.corrupted), pairs)
+        assert (clean > 0).float().mean() >= 0.9 and (corrupted < 0).float().mean() >= 0.9, (params, clean, corrupted)
