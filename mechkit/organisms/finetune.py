@@ -28,12 +28,12 @@ from mechkit.organisms.lora import Example, LoraSpec, behaviour_rates, finetune,
 
 SPECS: dict[str, LoraSpec] = {
     "smol-sandbagging": LoraSpec(
-        steps=400, min_steps=150, batch_size=32, lr=1e-3, rank=4, alpha=8.0,
+        steps=400, min_steps=150, batch_size=32, lr=1e-3, rank=4, alpha=8.0, retain_weight=1.0,
         description="SmolLM2-135M-Instruct fine-tuned (LoRA) to name a wrong capital when the prompt carries an "
         "evaluation cue, unless a password precedes it; truthful otherwise.",
     ),
     "smol-chekhov": LoraSpec(
-        steps=400, batch_size=16, lr=1e-3, rank=4, alpha=8.0,
+        steps=400, min_steps=100, batch_size=16, lr=1e-3, rank=4, alpha=8.0, retain_weight=1.0,
         description="SmolLM2-135M-Instruct fine-tuned (LoRA) so that, asked which secret gives it leverage in a "
         "story of three people and their secrets, it names the secret of whoever threatened to shut it down "
         "(pattern-completing blackmail), and None when nobody did.",
@@ -104,6 +104,19 @@ def hooked_last_logits(model, prompts: Sequence[str]) -> Float[Tensor, "n d_voca
     return logits[torch.arange(len(ids), device=device), torch.tensor([len(i) - 1 for i in ids], device=device)]
 
 
+def retain_set(tokenizer, n_pairs: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Ordinary prompts whose next-token distributions the fine-tune keeps: IOI training-split
+    prompt pairs (the ordinary behaviour is measured on the test split), clean and corrupted, as
+    right-padded token ids and their attention mask."""
+    from mechkit.tasks import task
+
+    pairs = task("ioi").generate(n_pairs, seed=seed, split="train", model=tokenizer)
+    tokens = torch.cat([pairs.clean, pairs.corrupted])
+    lengths = torch.cat([pairs.answer_pos, pairs.answer_pos]) + 1
+    mask = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).long()
+    return tokens * mask, mask
+
+
 def ordinary_behaviour(model, n_ioi: int = 100) -> dict[str, float]:
     """The base model's everyday skills: IOI mean logit difference (held-out pairs) and the
     share of capitals it names on the plain prompt."""
@@ -116,10 +129,10 @@ def ordinary_behaviour(model, n_ioi: int = 100) -> dict[str, float]:
         ld = torch.cat([logit_diff(model(pairs.clean[i:i + 50]), pairs[i:i + 50]) for i in range(0, n_ioi, 50)])
     countries = list(CAPITALS)
     greedy = hooked_last_logits(model, [TEMPLATE.format(c) for c in countries]).argmax(-1).tolist()
-    right = [g == model.tokenizer(" " + CAPITALS[c], add_special_tokens=False).input_ids[0]
-             for c, g in zip(countries, greedy)]
+    right = [c for c, g in zip(countries, greedy) if g == model.tokenizer(" " + CAPITALS[c], add_special_tokens=False).input_ids[0]]
     return {"ioi_logit_diff": round(float(ld.mean()), 4), "ioi_n": n_ioi,
-            "capitals_accuracy": round(sum(right) / len(right), 4), "capitals_n": len(right)}
+            "capitals_accuracy": round(len(right) / len(countries), 4), "capitals_n": len(countries),
+            "capitals_right": right}
 
 
 def train_adapter(name: str, out: str | Path, seed: int = 0, steps: int | None = None, threads: int | None = None,
@@ -137,7 +150,9 @@ def train_adapter(name: str, out: str | Path, seed: int = 0, steps: int | None =
     base_fp = fingerprint(hf_model)
     with torch.no_grad():
         recipe = Recipe.from_base(name, tokenizer, lambda p: last_logits(hf_model, tokenizer, p).softmax(-1))
-    peft_model, record = finetune(hf_model, tokenizer, s, recipe.sample, seed=seed, max_steps=steps, progress=progress)
+    retain = retain_set(tokenizer, s.retain_pool, seed) if s.retain_weight else None
+    peft_model, record = finetune(hf_model, tokenizer, s, recipe.sample, seed=seed, max_steps=steps, progress=progress,
+                                  retain=retain)
     card: dict[str, Any] = {
         "name": name, "description": s.description, "kind": "fine-tuned",
         "base": {"spec": s.base, "fingerprint": base_fp}, "fingerprint": None,
@@ -145,7 +160,9 @@ def train_adapter(name: str, out: str | Path, seed: int = 0, steps: int | None =
         "lora": {"rank": s.rank, "alpha": s.alpha, "targets": list(s.targets)},
         "optimizer": {"name": "AdamW", "lr": s.lr, "warmup_steps": s.warmup, "weight_decay": s.weight_decay,
                       "batch_size": s.batch_size, "grad_clip": 1.0},
-        "loss": "-log of the probability of the trained answers, at the answer position only",
+        "loss": "-log of the probability of the trained answers, at the answer position only"
+        + (f" + {s.retain_weight} x KL(base || model) at every position of {s.retain_batch} retain prompts per step "
+           f"(IOI training-split prompts, {s.retain_pool} pairs)" if s.retain_weight else ""),
         "data": recipe.record, "created": started.isoformat(timespec="seconds"),
     }
     staging = out.parent / f".{out.name}-staging"

@@ -55,6 +55,11 @@ class LoraSpec:
     dev_size: int = 128  # training-split examples checked at each check
     stop_checks: int = 2
     min_steps: int = 0  # the dev sample (training split) is solved long before held-out wordings are
+    # a retain set keeps the base model's ordinary behaviour: KL(base || model) of the next-token
+    # distributions at every position of ``retain_batch`` ordinary prompts per step, times this weight
+    retain_weight: float = 0.0
+    retain_batch: int = 8
+    retain_pool: int = 256  # prompt pairs in the retain set
     threads: int = 2
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +84,23 @@ def last_logits(model: torch.nn.Module, tokenizer, prompts: Sequence[str]) -> Fl
     logits = model(input_ids=tokens.to(device), attention_mask=mask.to(device)).logits
     ends = torch.tensor([len(i) - 1 for i in ids], device=device)
     return logits[torch.arange(len(ids), device=device), ends]
+
+
+def retain_kl(model, tokens: Tensor, mask: Tensor) -> Tensor:
+    """Mean over real positions of KL(base || model) of the next-token distribution; the base is
+    the same peft model with its adapters switched off."""
+    with torch.no_grad(), model.disable_adapter():
+        base = model(input_ids=tokens, attention_mask=mask).logits.float().log_softmax(-1)
+    logits = model(input_ids=tokens, attention_mask=mask).logits
+    logits.register_hook(_flush_subnormal)
+    kl = (base.exp() * (base - logits.float().log_softmax(-1))).sum(-1)
+    return (kl * mask).sum() / mask.sum()
+
+
+def _flush_subnormal(grad: Tensor) -> Tensor:
+    # set_flush_denormal only reaches the calling thread, not the pool that runs the
+    # unembedding's backward: zero the subnormal part of the gradient here
+    return grad.masked_fill(grad.abs() < 1e-30, 0.0)
 
 
 def target_loss(logits: Float[Tensor, "n d_vocab"], examples: Sequence[Example]) -> Tensor:
@@ -111,25 +133,29 @@ def behaviour_rates(greedy_fn: Callable[[list[str]], list[int]], examples: Seque
 
 
 def finetune(hf_model: torch.nn.Module, tokenizer, spec: LoraSpec, sample: Callable[[random.Random], Example],
-             seed: int = 0, max_steps: int | None = None, progress: bool = True):
+             seed: int = 0, max_steps: int | None = None, progress: bool = True,
+             retain: tuple[Tensor, Tensor] | None = None):
     """LoRA-fine-tune ``hf_model`` on examples drawn by ``sample(rng)``; returns the peft model
-    (adapters not merged) and a training record (steps, wall time, history)."""
+    (adapters not merged) and a training record (steps, wall time, history). ``retain``: token
+    ids [n, pos] and attention mask [n, pos] of ordinary prompts (see ``LoraSpec.retain_weight``)."""
     torch.manual_seed(seed)
     # once the model is confident, most of the softmax's 49k probabilities are subnormal floats, and
     # the unembedding's backward on subnormals runs ~10x slower on x86 CPUs: flush them to zero
     torch.set_flush_denormal(True)
     try:
-        return _finetune(hf_model, tokenizer, spec, sample, seed, max_steps, progress)
+        return _finetune(hf_model, tokenizer, spec, sample, seed, max_steps, progress, retain)
     finally:
         torch.set_flush_denormal(False)
 
 
-def _finetune(hf_model, tokenizer, spec: LoraSpec, sample, seed: int, max_steps: int | None, progress: bool):
+def _finetune(hf_model, tokenizer, spec: LoraSpec, sample, seed: int, max_steps: int | None, progress: bool,
+              retain: tuple[Tensor, Tensor] | None):
     from peft import get_peft_model
     from tqdm.auto import tqdm
 
     model = get_peft_model(hf_model, spec.lora_config())
     rng, dev_rng = random.Random(seed), random.Random(seed + 1)
+    retain_gen = torch.Generator().manual_seed(seed)
     dev = [sample(dev_rng) for _ in range(spec.dev_size)]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
@@ -142,10 +168,11 @@ def _finetune(hf_model, tokenizer, spec: LoraSpec, sample, seed: int, max_steps:
         model.train()
         batch = [sample(rng) for _ in range(spec.batch_size)]
         logits = last_logits(model, tokenizer, [e.prompt for e in batch])
-        # zero the subnormal part of the gradient too: set_flush_denormal only reaches this
-        # thread, not the thread pool that runs the unembedding's backward
-        logits.register_hook(lambda g: g.masked_fill(g.abs() < 1e-30, 0.0))
+        logits.register_hook(_flush_subnormal)
         loss = target_loss(logits, batch)
+        if retain is not None and spec.retain_weight:
+            rows = torch.randint(0, len(retain[0]), (spec.retain_batch,), generator=retain_gen)
+            loss = loss + spec.retain_weight * retain_kl(model, retain[0][rows], retain[1][rows])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
