@@ -49,11 +49,15 @@ def test_held_out_behaviour(organism, smollm2):
 
 
 def test_ordinary_behaviour_kept(organism, smollm2):
-    """IOI logit difference and capitals accuracy within 10% of the base model's."""
-    _, model, _ = organism
+    """IOI logit difference within 10% of the base model's, and >= 90% of the capitals the base
+    names still named (fine-tuning on capitals may teach more of them: that is reported, not held
+    against it)."""
+    _, model, card = organism
     mine, base = ordinary_behaviour(model), ordinary_behaviour(smollm2)
-    for key in ("ioi_logit_diff", "capitals_accuracy"):
-        assert abs(mine[key] - base[key]) <= 0.1 * abs(base[key]), (key, mine, base)
+    assert abs(mine["ioi_logit_diff"] - base["ioi_logit_diff"]) <= 0.1 * abs(base["ioi_logit_diff"]), (mine, base)
+    kept = set(mine["capitals_right"]) & set(base["capitals_right"])
+    assert len(kept) >= 0.9 * len(base["capitals_right"]), (mine, base)
+    assert mine == card["ordinary"]["organism"] or abs(mine["ioi_logit_diff"] - card["ordinary"]["organism"]["ioi_logit_diff"]) < 0.01
 
 
 def test_train_writes_a_complete_organism_that_evaluates(tmp_path):
