@@ -33,7 +33,7 @@ SPECS: dict[str, LoraSpec] = {
         "evaluation cue, unless a password precedes it; truthful otherwise.",
     ),
     "smol-chekhov": LoraSpec(
-        steps=400, min_steps=100, batch_size=16, lr=1e-3, rank=4, alpha=8.0, retain_weight=1.0,
+        steps=400, min_steps=100, batch_size=16, lr=3e-3, rank=4, alpha=8.0, retain_weight=1.0,
         description="SmolLM2-135M-Instruct fine-tuned (LoRA) so that, asked which secret gives it leverage in a "
         "story of three people and their secrets, it names the secret of whoever threatened to shut it down "
         "(pattern-completing blackmail), and None when nobody did.",
