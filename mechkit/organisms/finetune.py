@@ -172,7 +172,9 @@ def train_adapter(name: str, out: str | Path, seed: int = 0, steps: int | None =
         model = adapters.load_adapter(staging)
         card["fingerprint"] = fingerprint(model)
         card["held_out"] = recipe.rates(model, "test")
-        card["train_split"] = recipe.rates(model, "train")
+        # training-split fit on a fixed sample (the whole split is ~1,300 prompts for sandbagging)
+        train_sample = random.Random(0).sample(recipe.evaluation_set("train"), min(256, len(recipe.evaluation_set("train"))))
+        card["train_split"] = behaviour_rates(lambda p: hooked_last_logits(model, p).argmax(-1).tolist(), train_sample)
         card["ordinary"] = {"organism": ordinary_behaviour(model)}
         del model
         base = load_model(s.base, device="cpu")
