@@ -23,6 +23,7 @@ EXPECTED = [
     "05_sharing_circuits.ipynb",
     "06_your_own_model.ipynb",
     "07_real_model_ioi.ipynb",
+    "08_real_model_organisms.ipynb",
 ]
 CELL_TIMEOUT_S = 300
 
@@ -54,7 +55,7 @@ def _kernel_client(nb, cwd: Path):
     )
 
 
-def test_notebook_set_is_exactly_the_documented_seven():
+def test_notebook_set_is_exactly_the_documented_eight():
     found = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
     assert found == EXPECTED
 
