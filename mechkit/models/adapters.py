@@ -18,8 +18,6 @@ organisms under ``assets/organisms``.
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -153,26 +151,25 @@ def write_card(path: Path, card: dict[str, Any]) -> None:
     os.replace(tmp, path / CARD)
 
 
-def save_adapter(peft_model, path: str | os.PathLike, card: dict[str, Any]) -> Path:
-    """Write an adapter directory atomically (temp sibling, then rename), replacing any previous one."""
+def write_adapter(peft_model, folder: Path, card: dict[str, Any]) -> None:
+    """Write an adapter's three files into an existing ``folder``."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
+    config = peft_model.peft_config["default"].to_dict()
+    config["base_model_name_or_path"] = card["base"]["spec"]
+    config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items() if k in _LORA_FIELDS}
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+    save_file(state, folder / ADAPTER_WEIGHTS)
+    (folder / CARD).write_text(json.dumps(card, indent=2) + "\n")
+
+
+def save_adapter(peft_model, path: str | os.PathLike, card: dict[str, Any]) -> Path:
+    """Write an adapter directory atomically (temp sibling, then rename), replacing any previous one."""
+    from mechkit._files import staged_dir
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
-        config = peft_model.peft_config["default"].to_dict()
-        config["base_model_name_or_path"] = card["base"]["spec"]
-        config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items() if k in _LORA_FIELDS}
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        state = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
-        save_file(state, tmp / ADAPTER_WEIGHTS)
-        (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with staged_dir(path) as tmp:
+        write_adapter(peft_model, tmp, card)
     return path

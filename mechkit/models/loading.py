@@ -223,15 +223,12 @@ def save_organism(model: HookedTransformer, path: str | os.PathLike, card: dict 
     Writes into a temp sibling first and renames it into place, so an interrupted save
     leaves any previous organism intact.
     """
-    import shutil
-    import tempfile
-
     from safetensors.torch import save_file
 
+    from mechkit._files import staged_dir
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    with staged_dir(path) as tmp:
         (tmp / ORGANISM_CONFIG).write_text(json.dumps(_tl.config_to_dict(model.cfg), indent=2) + "\n")
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, tmp / ORGANISM_WEIGHTS)
@@ -240,12 +237,6 @@ def save_organism(model: HookedTransformer, path: str | os.PathLike, card: dict 
         model.tokenizer.save_pretrained(tmp)
         if card is not None:
             (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return path
 
 

@@ -12,7 +12,6 @@ organism. Everything lands on the card; the directory appears only when complete
 """
 
 import random
-import shutil
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechkit._files import staged_dir
 from mechkit.errors import SpecError, did_you_mean
 from mechkit.organisms import smol_chekhov, smol_sandbagging
 from mechkit.organisms.lora import Example, LoraSpec, behaviour_rates, finetune, last_logits
@@ -165,15 +165,15 @@ def train_adapter(name: str, out: str | Path, seed: int = 0, steps: int | None =
            f"(IOI training-split prompts, {s.retain_pool} pairs)" if s.retain_weight else ""),
         "data": recipe.record, "created": started.isoformat(timespec="seconds"),
     }
-    staging = out.parent / f".{out.name}-staging"
-    adapters.save_adapter(peft_model, staging, card)
-    del peft_model, hf_model
-    try:
+    with staged_dir(out) as staging:
+        adapters.write_adapter(peft_model, staging, card)
+        del peft_model, hf_model
         model = adapters.load_adapter(staging)
         card["fingerprint"] = fingerprint(model)
         card["held_out"] = recipe.rates(model, "test")
         # training-split fit on a fixed sample (the whole split is ~1,300 prompts for sandbagging)
-        train_sample = random.Random(0).sample(recipe.evaluation_set("train"), min(256, len(recipe.evaluation_set("train"))))
+        train_set = recipe.evaluation_set("train")
+        train_sample = random.Random(0).sample(train_set, min(256, len(train_set)))
         card["train_split"] = behaviour_rates(lambda p: hooked_last_logits(model, p).argmax(-1).tolist(), train_sample)
         card["ordinary"] = {"organism": ordinary_behaviour(model)}
         del model
@@ -182,10 +182,4 @@ def train_adapter(name: str, out: str | Path, seed: int = 0, steps: int | None =
         card["base_held_out"] = recipe.rates(base, "test")
         del base
         adapters.write_card(staging, card)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return card
