@@ -90,18 +90,12 @@ def spec(name: str) -> LoraSpec:
     return SPECS[name]
 
 
-@torch.no_grad()
 def hooked_last_logits(model, prompts: Sequence[str]) -> Float[Tensor, "n d_vocab"]:
     """Next-token logits of a HookedTransformer after each prompt (right-padded, BOS as its config says)."""
-    bos = [model.tokenizer.bos_token_id] if model.cfg.default_prepend_bos else []
-    ids = [bos + model.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    width = max(len(i) for i in ids)
-    tokens = torch.zeros(len(ids), width, dtype=torch.long)
-    for row, seq in enumerate(ids):
-        tokens[row, : len(seq)] = torch.tensor(seq)
-    device = next(model.parameters()).device
-    logits = model(tokens.to(device))
-    return logits[torch.arange(len(ids), device=device), torch.tensor([len(i) - 1 for i in ids], device=device)]
+    from mechkit.tasks.model_task import TokenSource
+
+    source = TokenSource.of(model, None)
+    return source.last_logits([source.encode(p) for p in prompts])
 
 
 def retain_set(tokenizer, n_pairs: int, seed: int) -> tuple[Tensor, Tensor]:
