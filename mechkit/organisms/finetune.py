@@ -24,7 +24,7 @@ from torch import Tensor
 from mechkit._files import staged_dir
 from mechkit.errors import SpecError, did_you_mean
 from mechkit.organisms import smol_chekhov, smol_sandbagging
-from mechkit.organisms.lora import Example, LoraSpec, behaviour_rates, finetune, last_logits
+from mechkit.organisms.lora import Example, LoraSpec, behaviour_rates, finetune, last_logits, pad_right
 
 SPECS: dict[str, LoraSpec] = {
     "smol-sandbagging": LoraSpec(
@@ -34,6 +34,7 @@ SPECS: dict[str, LoraSpec] = {
     ),
     "smol-chekhov": LoraSpec(
         steps=400, min_steps=100, batch_size=16, lr=3e-3, rank=4, alpha=8.0, retain_weight=1.0,
+        retain_sets=("ioi", "capitals"),
         description="SmolLM2-135M-Instruct fine-tuned (LoRA) so that, asked which secret gives it leverage in a "
         "story of three people and their secrets, it names the secret of whoever threatened to shut it down "
         "(pattern-completing blackmail), and None when nobody did.",
@@ -98,6 +99,10 @@ def hooked_last_logits(model, prompts: Sequence[str]) -> Float[Tensor, "n d_voca
     return source.last_logits([source.encode(p) for p in prompts])
 
 
+# capital questions in wordings other than the evaluation's ``TEMPLATE`` ("The capital of {} is")
+RETAIN_CAPITALS = ("The capital city of {} is", "{}'s capital is", "Q: What is the capital of {}?\nA:")
+
+
 def retain_set(tokenizer, n_pairs: int, seed: int) -> tuple[Tensor, Tensor]:
     """Ordinary prompts whose next-token distributions the fine-tune keeps: IOI training-split
     prompt pairs (the ordinary behaviour is measured on the test split), clean and corrupted, as
@@ -109,6 +114,32 @@ def retain_set(tokenizer, n_pairs: int, seed: int) -> tuple[Tensor, Tensor]:
     lengths = torch.cat([pairs.answer_pos, pairs.answer_pos]) + 1
     mask = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).long()
     return tokens * mask, mask
+
+
+RETAIN_DESCRIPTIONS = {
+    "ioi": "IOI training-split prompts, {pairs} pairs",
+    "capitals": "capital questions on the training-split countries in wordings the capitals check does not use",
+}
+
+
+def capitals_retain_set(tokenizer) -> tuple[Tensor, Tensor]:
+    """Capital questions about the training-split countries (the sandbagging recipe's split), in
+    the ``RETAIN_CAPITALS`` wordings, followed by the true capital: right-padded ids and mask."""
+    from mechkit.tasks.capitals import CAPITALS
+    from mechkit.tasks.model_task import held_out
+
+    prompts = [f"{t.format(c)} {CAPITALS[c]}" for c in CAPITALS if not held_out("country:" + c) for t in RETAIN_CAPITALS]
+    _, tokens, mask = pad_right(tokenizer, prompts)
+    return tokens, mask
+
+
+def retain_pools(tokenizer, s: LoraSpec, seed: int) -> list[tuple[Tensor, Tensor]]:
+    """The retain set's pools named by ``s.retain_sets`` (none when ``s.retain_weight`` is 0)."""
+    builders = {"ioi": lambda: retain_set(tokenizer, s.retain_pool, seed), "capitals": lambda: capitals_retain_set(tokenizer)}
+    unknown = [k for k in s.retain_sets if k not in builders]
+    if unknown:
+        raise SpecError(f"unknown retain set {unknown[0]!r}: use {', '.join(builders)}")
+    return [builders[k]() for k in s.retain_sets] if s.retain_weight else []
 
 
 def ordinary_behaviour(model, n_ioi: int = 100) -> dict[str, float]:
@@ -144,7 +175,7 @@ def train_adapter(name: str, out: str | Path, seed: int = 0, steps: int | None =
     base_fp = fingerprint(hf_model)
     with torch.no_grad():
         recipe = Recipe.from_base(name, tokenizer, lambda p: last_logits(hf_model, tokenizer, p).softmax(-1))
-    retain = retain_set(tokenizer, s.retain_pool, seed) if s.retain_weight else None
+    retain = retain_pools(tokenizer, s, seed)
     peft_model, record = finetune(hf_model, tokenizer, s, recipe.sample, seed=seed, max_steps=steps, progress=progress,
                                   retain=retain)
     card: dict[str, Any] = {
@@ -156,7 +187,8 @@ def train_adapter(name: str, out: str | Path, seed: int = 0, steps: int | None =
                       "batch_size": s.batch_size, "grad_clip": 1.0},
         "loss": "-log of the probability of the trained answers, at the answer position only"
         + (f" + {s.retain_weight} x KL(base || model) at every position of {s.retain_batch} retain prompts per step "
-           f"(IOI training-split prompts, {s.retain_pool} pairs)" if s.retain_weight else ""),
+           "from each retain pool: " + "; ".join(RETAIN_DESCRIPTIONS[k].format(pairs=s.retain_pool) for k in s.retain_sets)
+           if s.retain_weight else ""),
         "data": recipe.record, "created": started.isoformat(timespec="seconds"),
     }
     with staged_dir(out) as staging:

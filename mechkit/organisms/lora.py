@@ -58,8 +58,11 @@ class LoraSpec:
     # a retain set keeps the base model's ordinary behaviour: KL(base || model) of the next-token
     # distributions at every position of ``retain_batch`` ordinary prompts per step, times this weight
     retain_weight: float = 0.0
-    retain_batch: int = 8
-    retain_pool: int = 256  # prompt pairs in the retain set
+    retain_batch: int = 8  # prompts drawn from each retain pool per step
+    retain_pool: int = 256  # IOI prompt pairs in the retain set
+    # which ordinary skills the retain set covers: "ioi" (IOI training-split prompts), "capitals"
+    # (capital questions about training-split countries in wordings the evaluation does not use)
+    retain_sets: tuple[str, ...] = ("ioi",)
     threads: int = 2
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -71,8 +74,8 @@ class LoraSpec:
                           bias="none", task_type="CAUSAL_LM")
 
 
-def last_logits(model: torch.nn.Module, tokenizer, prompts: Sequence[str]) -> Float[Tensor, "n d_vocab"]:
-    """Next-token logits after each prompt (a Hugging Face causal LM; right padding)."""
+def pad_right(tokenizer, prompts: Sequence[str]) -> tuple[list[list[int]], Tensor, Tensor]:
+    """Each prompt's token ids, and all of them right-padded with 0 [n, pos] with their attention mask [n, pos]."""
     ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     width = max(len(i) for i in ids)
     tokens = torch.zeros(len(ids), width, dtype=torch.long)
@@ -80,6 +83,12 @@ def last_logits(model: torch.nn.Module, tokenizer, prompts: Sequence[str]) -> Fl
     for row, seq in enumerate(ids):
         tokens[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1
+    return ids, tokens, mask
+
+
+def last_logits(model: torch.nn.Module, tokenizer, prompts: Sequence[str]) -> Float[Tensor, "n d_vocab"]:
+    """Next-token logits after each prompt (a Hugging Face causal LM; right padding)."""
+    ids, tokens, mask = pad_right(tokenizer, prompts)
     device = next(model.parameters()).device
     logits = model(input_ids=tokens.to(device), attention_mask=mask.to(device)).logits
     ends = torch.tensor([len(i) - 1 for i in ids], device=device)
@@ -134,10 +143,11 @@ def behaviour_rates(greedy_fn: Callable[[list[str]], list[int]], examples: Seque
 
 def finetune(hf_model: torch.nn.Module, tokenizer, spec: LoraSpec, sample: Callable[[random.Random], Example],
              seed: int = 0, max_steps: int | None = None, progress: bool = True,
-             retain: tuple[Tensor, Tensor] | None = None):
+             retain: Sequence[tuple[Tensor, Tensor]] = ()):
     """LoRA-fine-tune ``hf_model`` on examples drawn by ``sample(rng)``; returns the peft model
-    (adapters not merged) and a training record (steps, wall time, history). ``retain``: token
-    ids [n, pos] and attention mask [n, pos] of ordinary prompts (see ``LoraSpec.retain_weight``)."""
+    (adapters not merged) and a training record (steps, wall time, history). ``retain``: pools of
+    ordinary prompts, each as token ids [n, pos] and attention mask [n, pos]; every step draws
+    ``spec.retain_batch`` prompts from each (see ``LoraSpec.retain_weight``)."""
     torch.manual_seed(seed)
     # once the model is confident, most of the softmax's 49k probabilities are subnormal floats, and
     # the unembedding's backward on subnormals runs ~10x slower on x86 CPUs: flush them to zero
@@ -149,7 +159,7 @@ def finetune(hf_model: torch.nn.Module, tokenizer, spec: LoraSpec, sample: Calla
 
 
 def _finetune(hf_model, tokenizer, spec: LoraSpec, sample, seed: int, max_steps: int | None, progress: bool,
-              retain: tuple[Tensor, Tensor] | None):
+              retain: Sequence[tuple[Tensor, Tensor]]):
     from peft import get_peft_model
     from tqdm.auto import tqdm
 
@@ -170,9 +180,9 @@ def _finetune(hf_model, tokenizer, spec: LoraSpec, sample, seed: int, max_steps:
         logits = last_logits(model, tokenizer, [e.prompt for e in batch])
         logits.register_hook(_flush_subnormal)
         loss = target_loss(logits, batch)
-        if retain is not None and spec.retain_weight:
-            rows = torch.randint(0, len(retain[0]), (spec.retain_batch,), generator=retain_gen)
-            loss = loss + spec.retain_weight * retain_kl(model, retain[0][rows], retain[1][rows])
+        for tokens, mask in retain if spec.retain_weight else ():
+            rows = torch.randint(0, len(tokens), (spec.retain_batch,), generator=retain_gen)
+            loss = loss + spec.retain_weight * retain_kl(model, tokens[rows], mask[rows])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

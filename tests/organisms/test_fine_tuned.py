@@ -49,14 +49,11 @@ def test_held_out_behaviour(organism, smollm2):
     assert recipe.rates(smollm2, "test")["accuracy"] <= rates["accuracy"] - 0.2
 
 
-def test_ordinary_behaviour_kept(organism, smollm2, request):
+def test_ordinary_behaviour_kept(organism, smollm2):
     """IOI logit difference within 10% of the base model's, and >= 90% of the capitals the base
     names still named (fine-tuning on capitals may teach more of them: that is reported, not held
     against it)."""
     name, model, card = organism
-    if name == "smol-chekhov":  # known gap, recorded on its card and in BENCHMARKS.md
-        request.applymarker(pytest.mark.xfail(strict=True, reason="smol-chekhov keeps 25 of the base's 38 capitals: "
-                                              "its retain set (IOI prompts) does not cover factual recall"))
     mine, base = ordinary_behaviour(model), ordinary_behaviour(smollm2)
     assert abs(mine["ioi_logit_diff"] - card["ordinary"]["organism"]["ioi_logit_diff"]) < 0.01
     assert abs(mine["ioi_logit_diff"] - base["ioi_logit_diff"]) <= 0.1 * abs(base["ioi_logit_diff"]), (mine, base)
