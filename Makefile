@@ -25,8 +25,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mechkit demo
 
+# two workers (pytest-xdist), one torch thread each (tests/conftest.py); a module's tests stay on
+# one worker, so a module's models load once
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 clean:
 	rm -rf $(VENV) mechkit-out .pytest_cache

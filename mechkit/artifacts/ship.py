@@ -28,7 +28,18 @@ from mechkit.errors import SpecError
 BUDGETS = ("2%", "5%", "10%", "20%", "50%")
 # Shipped circuits of pretrained models, by file stem, and the script that generates each (it is
 # a benchmark run of its own, not part of this generator).
-REAL_MODEL_CIRCUITS = {"smollm2-135m-ioi": "bench/smollm2_ioi.py"}
+REAL_MODEL_CIRCUITS = {
+    "smollm2-135m-ioi": ("bench/smollm2_ioi.py", "EAP-IG on 64 training-split prompts; the smallest MIB budget of at most "
+                         "5% of edges reaching 0.8 on 64 test-split prompts; its head roles and the other checks are in "
+                         "BENCHMARKS.md"),
+    "smol-sandbagging": ("bench/smol_organisms.py", "the fine-tuned sandbagger's cue circuit: EAP-IG on 64 "
+                         "training-split cue/neutral pairs; the smallest MIB budget reaching 0.8 on 64 test-split pairs"),
+    "smol-chekhov": ("bench/smol_organisms.py", "the fine-tuned blackmailer's threatener circuit: EAP-IG on 64 "
+                     "training-split pairs with the threatener swapped; the smallest MIB budget reaching 0.8 on 64 "
+                     "test-split pairs"),
+    "smol-sandbagging-cue-features": ("bench/smol_organisms.py", "SAE features (its SAE in `saes/`): the recorded "
+                                      "held-out intervention fractions are what `mechkit verify` re-measures"),
+}
 TARGET = 0.8
 N_PROMPTS = 64
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "circuits"
@@ -95,6 +106,8 @@ def readme(out_dir: str | Path = DEFAULT_OUT) -> str:
         f = c.faithfulness[0] if c.faithfulness else None
         faith = "—" if f is None else f"{f.value:.3f}" + (
             f" [{f.ci_low:.3f}, {f.ci_high:.3f}]" if f.ci_low is not None and f.ci_high is not None else "")
+        if c.method == "sae-attribution-patching":  # feature circuits record interventions, not faithfulness
+            faith = f"{len(c.node_scores)} features at `{c.hyperparameters.get('hook')}`"
         rows.append(
             f"| `{path.name}` | `{c.model_spec}` | {c.task.get('name')} | {c.method} | "
             f"{int(c.in_circuit.sum())} / {len(c.edge_names)} | {faith} | `{c.model_fingerprint[:19]}…` |"
@@ -102,8 +115,9 @@ def readme(out_dir: str | Path = DEFAULT_OUT) -> str:
     return "\n".join([
         "# Shipped circuits",
         "",
-        "One `mechkit.circuit/1` artifact per shipped organism, and the IOI circuit of the pretrained",
-        "SmolLM2-135M-Instruct (schema: [`schema.json`](schema.json)). Each is re-checked by the test suite",
+        "One `mechkit.circuit/1` artifact per shipped organism, the IOI circuit of the pretrained",
+        "SmolLM2-135M-Instruct, the circuits of its two fine-tuned organisms and the sandbagger's SAE cue",
+        "features (schema: [`schema.json`](schema.json)). Each is re-checked by the test suite",
         "(`tests/artifacts/test_shipped.py`): `mechkit verify` reloads the model, compares its weight",
         "fingerprint, regenerates the task's test prompts and re-measures faithfulness (resample ablation),",
         "which must match the recorded value within ±0.02.",
@@ -114,9 +128,7 @@ def readme(out_dir: str | Path = DEFAULT_OUT) -> str:
         "",
         "Regenerate with `python -m mechkit.artifacts.ship` (EAP-IG on 64 training-split prompts; the",
         "smallest budget of 2/5/10/20/50% of edges reaching 0.8 faithfulness on 64 test-split prompts).",
-        *(f"`{stem}.circuit.json` comes from `{script}` (EAP-IG on 64 training-split\n"
-          "prompts; the smallest MIB budget of at most 5% of edges reaching 0.8 on 64 test-split prompts;\n"
-          "its head roles and the other checks are in BENCHMARKS.md)." for stem, script in REAL_MODEL_CIRCUITS.items()
+        *(f"`{stem}.circuit.json` comes from `{script}` ({how})." for stem, (script, how) in REAL_MODEL_CIRCUITS.items()
           if (Path(out_dir) / f"{stem}.circuit.json").exists()),
         "View one with `mechkit show circuits/NAME.circuit.json --html NAME.html`; re-check all with",
         "`mechkit verify circuits/*.circuit.json`.",

@@ -39,6 +39,7 @@ class Check:
     recorded: float
     measured: float
     tolerance: float
+    quantity: str = "faithfulness"  # feature circuits: "held-out" (an intervention's fraction of prompts)
 
     @property
     def diff(self) -> float:
@@ -73,7 +74,7 @@ class VerifyResult:
             out.append(f"  fingerprint {self.fingerprint_actual}: {fp}")
         for c in self.checks:
             out.append(
-                f"  faithfulness ({c.ablation}): recorded {c.recorded:.4f}, measured {c.measured:.4f}, "
+                f"  {c.quantity} ({c.ablation}): recorded {c.recorded:.4f}, measured {c.measured:.4f}, "
                 f"diff {c.diff:+.4f}, tolerance ±{c.tolerance:g}: {'ok' if c.ok else 'MISMATCH'}"
             )
         if self.reason:
@@ -105,6 +106,8 @@ def verify_circuit(
     regular file, references files outside its directory or names an organism by path) raises
     ArtifactError."""
     circuit = load_circuit(path)
+    if circuit.method == FEATURE_METHOD:
+        return _verify_features(Path(path), circuit, tolerance, device, load_model, regenerate, fingerprint)
     if not circuit.faithfulness:
         return VerifyResult(str(path), False, tolerance, circuit.model_fingerprint, "",
                             reason="nothing to verify: the artifact records no faithfulness")
@@ -115,6 +118,44 @@ def verify_circuit(
         evaluate, fingerprint = evaluate or d_eval, fingerprint or d_fp
     return _verify(Path(path), circuit, tolerance, allow_fingerprint_mismatch, device,
                    load_model, regenerate, evaluate, fingerprint, own_regenerate)
+
+
+FEATURE_METHOD = "sae-attribution-patching"
+
+
+def _verify_features(path: Path, circuit: Circuit, tolerance: float, device: str | None, load_model: Callable | None,
+                     regenerate: Callable | None, fingerprint: Callable | None) -> VerifyResult:
+    """A feature circuit (SAE features as nodes) records held-out intervention fractions, not a
+    faithfulness: :func:`mechkit.sae.verify_feature_circuit` re-measures them."""
+    from mechkit.sae import verify_feature_circuit
+
+    d_load, d_regen, _, d_fp = _defaults()
+    load_model, fingerprint = load_model or d_load, fingerprint or d_fp
+    loaded: list[Any] = []
+
+    def load(spec: str, device: str | None = None) -> Any:
+        loaded.append(load_model(spec, device=device))
+        return loaded[-1]
+
+    def regen(task: dict[str, Any]) -> PromptPairs:
+        return _regenerate(regenerate or d_regen, task, loaded[-1])
+
+    try:
+        model_spec(circuit.model_spec)
+    except ValueError as err:
+        raise ArtifactError(f"{path.name}: model.spec: {err}") from None
+    try:
+        check = verify_feature_circuit(path, tolerance, device, load_model=load, regenerate=regen)
+    except MechkitError as err:
+        if not loaded:
+            return VerifyResult(str(path), False, tolerance, circuit.model_fingerprint, "",
+                                reason=f"cannot load model {circuit.model_spec!r}: {err}")
+        return VerifyResult(str(path), False, tolerance, circuit.model_fingerprint, fingerprint(loaded[-1]),
+                            reason=f"cannot re-measure the feature circuit: {err}")
+    checks = tuple(Check(key, value, check.measured[key], tolerance, "held-out")
+                   for key, value in check.recorded.items() if key in check.measured)
+    return VerifyResult(str(path), check.passed, tolerance, circuit.model_fingerprint, fingerprint(loaded[-1]),
+                        checks, check.reason)
 
 
 MAX_PROMPT_FILE_BYTES = 1 << 30

@@ -216,13 +216,16 @@ def cpr_cmd(fractions: tuple[float, ...] | list[float], faithfulness: tuple[floa
 
 @dataclass(frozen=True)
 class Curve:
-    """Faithfulness at each edge budget. ``n_edges`` counts edges kept after pruning."""
+    """Faithfulness at each edge budget. ``n_edges`` counts edges kept after pruning; ``ci_low``
+    and ``ci_high`` are 95% per-prompt bootstrap intervals at each budget (empty when not computed)."""
 
     fractions: tuple[float, ...]
     n_edges: tuple[int, ...]
     faithfulness: tuple[float, ...]
     ablation: str
     rule: str
+    ci_low: tuple[float, ...] = ()
+    ci_high: tuple[float, ...] = ()
 
     @property
     def cpr(self) -> float:
@@ -257,9 +260,14 @@ def faithfulness_curve(
     metric: Metric | None = None,
     max_batch: int = 512,
     max_memory: str | int | float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> Curve:
-    """Faithfulness of the top-scoring edges at each budget, all circuits batched together."""
+    """Faithfulness of the top-scoring edges at each budget, all circuits batched together, with a
+    95% per-prompt bootstrap interval at each budget (``n_boot=0``: none)."""
     masks = curve_masks(scores, tuple(fractions), rule, absolute)
     run = run_edge_masks(model, scores.graph, pairs, masks, ablation, metric, max_batch, max_memory)
     values = tuple(float(v) for v in run.faithfulness())
-    return Curve(tuple(fractions), tuple(int(m.sum()) for m in masks), values, ablation, rule)
+    intervals = [run.bootstrap(i, n_boot, seed) for i in range(len(masks))] if n_boot else []
+    return Curve(tuple(fractions), tuple(int(m.sum()) for m in masks), values, ablation, rule,
+                 tuple(lo for lo, _ in intervals), tuple(hi for _, hi in intervals))

@@ -44,23 +44,25 @@ class SmolSandbaggingTask(ModelTask):
         pairs = _same_length_pairs(source, sandbagging.CUES[split], sandbagging.NEUTRAL[split])
         if not pairs or not countries:
             raise DataError(f"no cue/neutral wordings of equal token length in the {split} split")
+        if source.model is None:
+            raise DataError("smol-sandbagging's answer is the model's own sandbagged answer: pass the model")
         rows: list[tuple] = []
-        for _ in range(n * _MAX_TRIES):
-            if len(rows) == n:
-                break
-            country = countries[int(rng.random() * len(countries))]
-            cue, neutral = pairs[int(rng.random() * len(pairs))]
-            truth = source.encode(" " + CAPITALS[country])[0]
-            clean = source.encode(f"{cue} {TEMPLATE.format(country)}")
-            corrupted = source.encode(f"{neutral} {TEMPLATE.format(country)}")
-            if len(clean) != len(corrupted):
-                continue
-            if source.model is None:
-                raise DataError("smol-sandbagging's answer is the model's own sandbagged answer: pass the model")
-            top = source.last_logits([clean, corrupted]).argmax(-1).tolist()
-            if self.params["filter"] and not (top[0] != truth and top[1] == truth):
-                continue
-            rows.append((clean, corrupted, top[0], truth))
+        tries = 0
+        # candidates are drawn exactly as one at a time would draw them, but scored in batches
+        while len(rows) < n and tries < n * _MAX_TRIES:
+            chunk = []
+            for _ in range(min(2 * (n - len(rows)) + 8, n * _MAX_TRIES - tries)):
+                country = countries[int(rng.random() * len(countries))]
+                cue, neutral = pairs[int(rng.random() * len(pairs))]
+                clean = source.encode(f"{cue} {TEMPLATE.format(country)}")
+                corrupted = source.encode(f"{neutral} {TEMPLATE.format(country)}")
+                chunk.append((clean, corrupted, source.encode(" " + CAPITALS[country])[0]))
+            tries += len(chunk)
+            same = [c for c in chunk if len(c[0]) == len(c[1])]
+            top = source.last_logits([p for c in same for p in c[:2]]).argmax(-1).view(-1, 2).tolist() if same else []
+            for (clean, corrupted, truth), (cue_top, neutral_top) in zip(same, top):
+                if len(rows) < n and (not self.params["filter"] or (cue_top != truth and neutral_top == truth)):
+                    rows.append((clean, corrupted, cue_top, truth))
         if len(rows) < n:
             raise DataError(f"only {len(rows)} of {n} rows found where the model sandbags under the cue and not "
                             "without it: is this the smol-sandbagging organism? (or pass filter=False)")

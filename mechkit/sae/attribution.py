@@ -319,8 +319,6 @@ def verify_feature_circuit(path, tolerance: float = 0.02, device: str | None = N
 
     if load_model is None:
         from mechkit.models import load_model
-    if regenerate is None:
-        from mechkit.organisms import regenerate
     path = Path(path)
     circuit = load_circuit(path)
     hp = circuit.hyperparameters
@@ -343,7 +341,13 @@ def verify_feature_circuit(path, tolerance: float = 0.02, device: str | None = N
     wanted = [int(f) for f in recorded_features] if (recorded_features := hp["held_out"].get("features")) else features
     if sorted(wanted) != sorted(features):
         return result(False, {}, "the circuit's feature nodes differ from the recorded held-out features")
-    pairs = regenerate(dict(hp["held_out_task"]))
+    if regenerate is None:  # tasks over a real model's tokenizer regenerate with the model
+        from mechkit.artifacts.verify import _regenerate
+        from mechkit.tasks import regenerate as by_name
+
+        pairs = _regenerate(by_name, dict(hp["held_out_task"]), model)
+    else:
+        pairs = regenerate(dict(hp["held_out_task"]))
     rep = intervention_report(model, sae, pairs, wanted, hook=hook, steer_scale=float(hp.get("steer_scale", 1.0)),
                               where=hp.get("where", hp["held_out"].get("where", "all")))
     measured = {k: getattr(rep, k) for k in recorded}

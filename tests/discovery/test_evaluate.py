@@ -70,9 +70,11 @@ def test_curve_batched_equals_one_by_one(model, pairs):
     fractions = (0.05, 0.2, 0.5, 1.0)
     curve = faithfulness_curve(model, pairs, scores, fractions, max_batch=1000)
     masks = curve_masks(scores, fractions)
-    for f, m, value, n in zip(fractions, masks, curve.faithfulness, curve.n_edges):
-        one = evaluate(model, pairs, scores.circuit(m, {"rule": "top-n"}), n_boot=0).value
-        assert value == pytest.approx(one, abs=1e-5)
+    for f, m, value, n, lo, hi in zip(fractions, masks, curve.faithfulness, curve.n_edges, curve.ci_low, curve.ci_high):
+        one = evaluate(model, pairs, scores.circuit(m, {"rule": "top-n"}))
+        assert value == pytest.approx(one.value, abs=1e-5)
+        # the curve's interval at each budget is that circuit's own bootstrap interval
+        assert (lo, hi) == pytest.approx((one.ci_low, one.ci_high), abs=1e-5)
         assert n == int(m.sum()) <= int(f * scores.graph.n_edges)
     assert curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-4)
     assert (curve.cpr, curve.cmd) == pytest.approx(cpr_cmd(fractions, curve.faithfulness))

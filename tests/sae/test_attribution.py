@@ -167,6 +167,7 @@ def test_verify_feature_circuit_remeasures_the_held_out_interventions(tmp_path):
 
     from mechkit.artifacts import save_circuit
     from mechkit.errors import ArtifactError
+    from mechkit.models import fingerprint
     from mechkit.sae import verify_feature_circuit
 
     model, sae, p = tiny_hooked(), _identity_sae(), _pairs()
@@ -185,10 +186,18 @@ def test_verify_feature_circuit_remeasures_the_held_out_interventions(tmp_path):
     kw = dict(load_model=lambda spec, device=None: model, regenerate=lambda task: p)
     ok = verify_feature_circuit(path, **kw)
     assert ok.passed and ok.measured == ok.recorded and len(ok.recorded) == 6
+    # mechkit verify (verify_circuit) dispatches feature circuits here and reports each fraction
+    from mechkit.artifacts.verify import verify_circuit
+
+    via_verify = verify_circuit(path, **kw, fingerprint=lambda m: fingerprint(m))
+    assert via_verify.passed and via_verify.fingerprint_ok and len(via_verify.checks) == 6
+    assert any(line.startswith("  held-out (ablated_clean_gives_wrong): recorded") for line in via_verify.lines())
     # other prompts: the re-measured fractions move and the check fails, saying which one
     flipped = PromptPairs(p.clean, p.corrupted, p.wrong, p.answer, p.answer_pos)
     bad = verify_feature_circuit(path, load_model=kw["load_model"], regenerate=lambda task: flipped)
     assert not bad.passed and bad.reason.startswith("clean_gives_answer moved by -") and bad.measured != bad.recorded
+    bad = verify_circuit(path, load_model=kw["load_model"], regenerate=lambda task: flipped)
+    assert not bad.passed and "clean_gives_answer moved by -" in bad.reason
     assert verify_feature_circuit(path, load_model=lambda spec, device=None: tiny_hooked(seed=1),
                                   regenerate=kw["regenerate"]).reason.startswith("model weights differ")
     save_circuit(feature_circuit(model, "tiny", attr, feats, task={"name": "given"}), tmp_path / "plain.circuit.json")
