@@ -42,6 +42,27 @@ def test_smollm2_ioi_circuit_verifies(smollm2):
     assert result.fingerprint_ok and len(result.checks) == 1
 
 
+def test_real_model_organism_circuits_verify_through_the_console_script():
+    """The fine-tuned organisms' circuits (EAP-IG edges, and the sandbagger's SAE cue features)
+    re-measured the way users check a shared artifact: `mechkit verify` in a subprocess, which
+    loads base + adapter, regenerates the held-out pairs and re-measures each recorded value."""
+    from tests.console import mechkit
+
+    files = [CIRCUITS / f"{stem}.circuit.json" for stem in ("smol-sandbagging", "smol-chekhov", "smol-sandbagging-cue-features")]
+    for path in files[:2]:
+        c = load_circuit(path)
+        assert c.model_spec == f"organism:{path.name.split('.')[0]}" and c.task["split"] == "test"
+        assert c.hyperparameters["discovery_task"]["split"] == "train" and c.faithfulness[0].value >= 0.8
+    features = load_circuit(files[2])
+    held_out = features.hyperparameters["held_out"]
+    assert features.hyperparameters["held_out_task"]["split"] == "test"
+    assert held_out["ablated_clean_gives_wrong"] >= 0.8 and held_out["patched_corrupted_gives_answer"] >= 0.5
+    run = mechkit("verify", *files, "--device", "cpu", timeout=3600)  # three model loads: slow on a loaded machine
+    assert run.returncode == 0, run
+    assert run.stdout.count("PASS ") == 3 and "3 of 3 circuits verified" in run.stdout
+    assert "held-out (ablated_clean_gives_wrong): recorded" in run.stdout
+
+
 def test_ship_pipeline_on_a_fresh_organism(tmp_path, monkeypatch):
     """Build an untrained induction-task model, ship its circuit, and verify it end to end."""
     from mechkit.artifacts import ship
