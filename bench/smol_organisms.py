@@ -61,23 +61,13 @@ def data(name: str, model, n_train: int, n_test: int):
 
 
 def cached_scores(model, pairs, name: str, work: Path, tag: str = "train"):
-    """EAP-IG (5 steps) scores of ``pairs``, kept under ``work`` between runs."""
-    from safetensors.torch import load_file, save_file
+    """EAP-IG (5 steps) scores of ``pairs`` and their run record (time, integral check), kept
+    under ``work/name`` between runs (``bench/smollm2_ioi.py``'s store)."""
+    from smollm2_ioi import load_scores, scored
 
-    from mechkit.discovery import EdgeScores, Graph, attribute
-
-    path, meta = work / f"{name}-eap-ig-{tag}.safetensors", work / f"{name}-eap-ig-{tag}.json"
-    if path.exists() and meta.exists():
-        t, m = load_file(str(path)), json.loads(meta.read_text())
-        return EdgeScores(Graph.from_model(model), t["edges"], t["nodes"], "eap-ig", m["hyperparameters"],
-                          m["model_spec"], m["model_fingerprint"], m["task"])
-    s = attribute(model, pairs, "eap-ig", ig_steps=5, model_spec=f"organism:{name}", progress=True)
-    work.mkdir(parents=True, exist_ok=True)
-    save_file({"edges": s.scores.contiguous(), "nodes": s.node_scores.contiguous()}, str(path))
-    meta.write_text(json.dumps({"hyperparameters": s.hyperparameters, "model_spec": s.model_spec,
-                                "model_fingerprint": s.model_fingerprint, "task": s.task,
-                                "convergence_relative_error": getattr(s.convergence, "relative_error", None)}))
-    return s
+    (work / name).mkdir(parents=True, exist_ok=True)
+    run = scored(model, pairs, "eap-ig", work / name, tag, None)
+    return load_scores(model, work / name, "eap-ig", tag), run
 
 
 def node_ranking(scores, top: int = 15) -> list[dict]:
@@ -94,7 +84,7 @@ def step_circuit(name: str, model, args) -> dict:
 
     train, test = data(name, model, args.n_train, args.n_test)
     wall = time.perf_counter()
-    scores = cached_scores(model, train, name, args.work)
+    scores, run = cached_scores(model, train, name, args.work)
     scores_s = time.perf_counter() - wall
     curves, rows_by = {}, {}
     for absolute in (True, False):  # |score| first (MIB's ranking), then signed (edges raising the metric first)
@@ -126,7 +116,7 @@ def step_circuit(name: str, model, args) -> dict:
     verify_s = time.perf_counter() - wall
     print("\n".join(verified.lines()), flush=True)
     return {"n_train": len(train), "n_test": len(test),
-            "scores_s": scores_s, "convergence_relative_error": getattr(scores.convergence, "relative_error", None),
+            "scores_s": scores_s, "convergence_relative_error": run.get("convergence_relative_error"),
             "curves": curves,
             "chosen": chosen, "n_edges": int(circuit.in_circuit.sum()), "n_edges_graph": len(circuit.edge_names),
             "faithfulness": {f.ablation: asdict(f) for f in measured}, "robustness_wall_s": robust_s,
@@ -146,7 +136,7 @@ def step_nodes(name: str, model, args) -> dict:
     from mechkit.discovery.evaluate import run_edge_masks
 
     train, test = data(name, model, args.n_train, args.n_test)
-    scores = cached_scores(model, train, name, args.work)
+    scores, _ = cached_scores(model, train, name, args.work)
     graph = scores.graph
     counts = [k for k in NODE_COUNTS if k < len(graph.node_names)] + [len(graph.node_names)]
     order = scores.node_scores.abs().argsort(descending=True)
@@ -193,7 +183,7 @@ def step_heads(name: str, model, args) -> dict:
         ((l, h) for l in range(head_values.shape[0]) for h in range(head_values.shape[1])), head_values.flatten().tolist())),
         key=lambda t: -abs(t[0]))[:15]
     # EAP-IG node scores of the heads on the same pairs, ranked against the patching effects
-    scores = cached_scores(model, test, name, args.work, "heads")
+    scores, _ = cached_scores(model, test, name, args.work, "heads")
     node = scores.node_dict()
     head_nodes = torch.tensor([node[f"L{l}H{h}"]
                                for l in range(head_values.shape[0]) for h in range(head_values.shape[1])])
@@ -205,7 +195,6 @@ def step_heads(name: str, model, args) -> dict:
 
 def step_features(name: str, model, args) -> dict:
     """The cue features of smol-sandbagging (see the module docstring)."""
-    sys.path.insert(0, str(ROOT / "bench"))
     from sae_targets import passes, select  # the organisms' selection rule (sandbagging's targets)
 
     from mechkit.artifacts import save_circuit
@@ -310,4 +299,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "bench"))  # smollm2_ioi's score store, sae_targets' selection rule
     main()

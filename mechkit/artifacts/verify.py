@@ -140,10 +140,7 @@ def _verify_features(path: Path, circuit: Circuit, tolerance: float, device: str
     def regen(task: dict[str, Any]) -> PromptPairs:
         return _regenerate(regenerate or d_regen, task, loaded[-1])
 
-    try:
-        model_spec(circuit.model_spec)
-    except ValueError as err:
-        raise ArtifactError(f"{path.name}: model.spec: {err}") from None
+    _check_spec(path, circuit)
     try:
         check = verify_feature_circuit(path, tolerance, device, load_model=load, regenerate=regen)
     except MechkitError as err:
@@ -154,8 +151,16 @@ def _verify_features(path: Path, circuit: Circuit, tolerance: float, device: str
                             reason=f"cannot re-measure the feature circuit: {err}")
     checks = tuple(Check(key, value, check.measured[key], tolerance, "held-out")
                    for key, value in check.recorded.items() if key in check.measured)
-    return VerifyResult(str(path), check.passed, tolerance, circuit.model_fingerprint, fingerprint(loaded[-1]),
+    return VerifyResult(str(path), check.passed, tolerance, circuit.model_fingerprint, check.fingerprint_actual,
                         checks, check.reason)
+
+
+def _check_spec(path: Path, circuit: Circuit) -> None:
+    """Refuse a hostile model spec (``organism:../../x``) before anything is read."""
+    try:
+        model_spec(circuit.model_spec)
+    except ValueError as err:
+        raise ArtifactError(f"{path.name}: model.spec: {err}") from None
 
 
 MAX_PROMPT_FILE_BYTES = 1 << 30
@@ -201,10 +206,7 @@ def _verify(path: Path, circuit: Circuit, tolerance: float, allow_mismatch: bool
     def fail(reason: str, actual: str = "", checks: tuple[Check, ...] = ()) -> VerifyResult:
         return VerifyResult(str(path), False, tolerance, circuit.model_fingerprint, actual, checks, reason)
 
-    try:
-        model_spec(circuit.model_spec)  # organism:../../x: refused before anything is read
-    except ValueError as err:
-        raise ArtifactError(f"{path.name}: model.spec: {err}") from None
+    _check_spec(path, circuit)
     try:
         model = load_model(circuit.model_spec, device=device)
     except MechkitError as err:

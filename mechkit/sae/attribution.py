@@ -286,6 +286,7 @@ class FeatureCircuitCheck:
     measured: dict
     tolerance: float
     reason: str = ""
+    fingerprint_actual: str = ""  # the loaded model's weight fingerprint
 
     def lines(self) -> list[str]:
         out = [f"{'PASS' if self.passed else 'FAIL'} {self.path}"]
@@ -330,10 +331,12 @@ def verify_feature_circuit(path, tolerance: float = 0.02, device: str | None = N
     model = load_model(circuit.model_spec, device=device)
     recorded = {k: float(recorded[k]) for k in _MEASURED if k in recorded}
 
-    def result(passed: bool, measured: dict, reason: str = "") -> FeatureCircuitCheck:
-        return FeatureCircuitCheck(str(path), passed, recorded, measured, tolerance, reason)
+    actual = fingerprint(model)
 
-    if fingerprint(model) != circuit.model_fingerprint:
+    def result(passed: bool, measured: dict, reason: str = "") -> FeatureCircuitCheck:
+        return FeatureCircuitCheck(str(path), passed, recorded, measured, tolerance, reason, actual)
+
+    if actual != circuit.model_fingerprint:
         return result(False, {}, "model weights differ from the ones the circuit was found in")
     sae = load_sae(sae_dir, device=model.cfg.device)
     hook = hp.get("hook") or sae_hook(sae)
