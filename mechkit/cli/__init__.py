@@ -55,6 +55,13 @@ def _one_line_usage_error(err) -> str:
     return f"error: {message} (see '{command} --help')"
 
 
+def _is_main_rank() -> bool:
+    """False only in a torchrun rank other than 0 (read from the environment torchrun sets)."""
+    import os
+
+    return os.environ.get("RANK", "0") in ("0", "") or os.environ.get("WORLD_SIZE", "1") in ("1", "")
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console script: run the app, turn every outcome into an exit code.
 
@@ -69,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         # raises usage errors, so that they print as one line here.
         code = app(args=argv, prog_name="mechkit", standalone_mode=False)
     except MechkitError as err:
-        typer.echo(f"error: {' '.join(str(err).split())}", err=True)
+        if _is_main_rank():  # under torchrun every rank raises the same error; rank 0 says it
+            typer.echo(f"error: {' '.join(str(err).split())}", err=True)
         sys.exit(2)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)

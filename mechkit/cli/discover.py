@@ -97,7 +97,8 @@ def discover(
     spec: str = typer.Argument(..., help="organism:NAME, a checkpoint directory, or a cached pretrained name"),
     task: str = typer.Option(None, help="task name (mechkit.organisms.task), e.g. induction"),
     data: Path = typer.Option(None, help="CSV of prompt pairs (mechkit.patching.read_pairs)"),
-    n: int = typer.Option(64, help="number of prompt pairs generated with --task"),
+    n: int = typer.Option(64, "--n", "--n-prompts", help="number of prompt pairs generated with --task "
+                           "(--n-prompts under torchrun, whose parser takes --n for its own options)"),
     seed: int = typer.Option(0, help="seed of the generated prompt pairs"),
     split: str = typer.Option("test", help="task split: train or test"),
     method: str = typer.Option("eap-ig", help="eap, eap-ig, eap-ig-activations, exact, acdc or oracle"),
@@ -113,8 +114,12 @@ def discover(
     max_memory: str = typer.Option(
         None, "--max-memory", help="working-memory budget, e.g. 6GB or 0.5 (a share of available memory); "
         "default: half the available memory, at most 3 GiB on a CPU"),
+    backend: str = typer.Option("auto", help="under torchrun: gloo (CPUs), nccl (GPUs) or auto"),
 ) -> None:
-    """Discover a circuit, print a summary, and save it."""
+    """Discover a circuit, print a summary, and save it.
+
+    Under ``torchrun --nproc-per-node N -m mechkit discover ...`` the prompt pairs are shared
+    among the N ranks and rank 0 prints and saves."""
     from mechkit.cli._inputs import check_count, check_out_dir
 
     # every argument and the output folder are checked before the model is loaded
@@ -138,18 +143,31 @@ def discover(
         if check_pairs_file is not None:
             check_pairs_file(data)
 
+    from mechkit import distributed
+
+    distributed.resolve_backend(backend, device)
+    with distributed.process_group(backend, device):
+        _discover(spec, task, data, n, seed, split, method, edges, rule, threshold, ablation, ig_steps, tau, target,
+                  out, distributed.device_for_rank(device), max_memory)
+
+
+def _discover(spec, task, data, n, seed, split, method, edges, rule, threshold, ablation, ig_steps, tau, target,
+              out, device, max_memory) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    from mechkit import distributed
     from mechkit.discovery import IntegrationWarning, discover as run_discover
     from mechkit.models import load_model
 
-    console = Console()
+    main = distributed.is_main()
+    console = Console(quiet=not main)
     with console.status(f"loading {spec}"):
         model = load_model(spec, device=device)
         pairs = load_pairs(model, task, data, n, seed, split)
-    clean_baseline_warning(model, pairs)
+    if main:
+        clean_baseline_warning(model, pairs)
     options = {"eap-ig": {"ig_steps": ig_steps}, "eap-ig-activations": {"ig_steps": ig_steps}, "acdc": {"tau": tau}, "oracle": {"target": target}}.get(method, {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", IntegrationWarning)
@@ -159,7 +177,7 @@ def discover(
         )
     unresolved = [str(w.message) for w in caught if issubclass(w.category, IntegrationWarning)]
     for w in caught:  # anything else is shown as usual
-        if not issubclass(w.category, IntegrationWarning):
+        if main and not issubclass(w.category, IntegrationWarning):
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     table = Table(title=f"mechkit discover {spec}", show_header=False)
     f = circuit.faithfulness[0]
@@ -187,7 +205,7 @@ def discover(
     for message in unresolved:
         table.add_row("warning", escape(message), style="yellow")
     console.print(table)
-    if out is not None:
+    if out is not None and main:
         saved = save(circuit, out, data)
         if saved is None:
             console.print("[yellow]not saved: mechkit.artifacts.save_circuit is not available in this installation")

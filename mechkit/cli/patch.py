@@ -41,7 +41,8 @@ def patch(
     metric: str = typer.Option("logit-diff", help="logit-diff, normalized-logit-diff, kl or answer-prob"),
     method: str = typer.Option("activation", help="activation (exact) or attribution (first-order)"),
     out: str = typer.Option(..., help="Directory for result.safetensors, result.json and heatmap.html"),
-    n: int = typer.Option(32, help="Prompts to generate from the organism's task (without --data)"),
+    n: int = typer.Option(32, "--n", "--n-prompts", help="Prompts to generate from the organism's task (without "
+                           "--data; --n-prompts under torchrun, whose parser takes --n for its own options)"),
     seed: int = typer.Option(0, help="Seed for the organism's task prompts"),
     top: int = typer.Option(10, help="Print this many top cells"),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when available)"),
@@ -49,8 +50,12 @@ def patch(
         None, "--max-memory", help="working-memory budget, e.g. 2GiB or 0.5 (a share of available memory); "
         "default: half the available memory, at most 3 GiB on a CPU"),
     memory_gib: float = typer.Option(None, hidden=True, help="deprecated: use --max-memory"),
+    backend: str = typer.Option("auto", help="under torchrun: gloo (CPUs), nccl (GPUs) or auto"),
 ) -> None:
-    """Patch every cell of a sweep, save the result and an offline HTML heatmap, print the top cells."""
+    """Patch every cell of a sweep, save the result and an offline HTML heatmap, print the top cells.
+
+    Under ``torchrun --nproc-per-node N -m mechkit patch ...`` the prompt pairs are shared among
+    the N ranks and rank 0 prints and saves."""
     from pathlib import Path
 
     from mechkit.cli._inputs import check_count, check_number, check_out_dir
@@ -87,9 +92,21 @@ def patch(
         if task is None and not spec.startswith("organism:"):
             raise DataError(f"{spec} is not an organism, so it has no task: pass --task NAME or --data pairs.csv")
 
+    from mechkit import distributed
+
+    distributed.resolve_backend(backend, device)
+    with distributed.process_group(backend, device):
+        _patch(spec, sweep, data, task, direction, metric, method, out_dir, n, seed, top,
+               distributed.device_for_rank(device), max_memory)
+
+
+def _patch(spec, sweep, data, task, direction, metric, method, out_dir, n, seed, top, device, max_memory) -> None:
+    from pathlib import Path
+
     from rich.console import Console
     from rich.table import Table
 
+    from mechkit import distributed
     from mechkit.models import load_model
     from mechkit.patching import activation_patch, attribution_patch, read_pairs
 
@@ -98,6 +115,8 @@ def patch(
     kwargs = {"progress": None} if method == "activation" else {}
     run = activation_patch if method == "activation" else attribution_patch
     result = run(model, pairs, sweep, metric, direction=direction, max_memory=max_memory, **kwargs)
+    if not distributed.is_main():
+        return
     path = result.save(out_dir)
     result.heatmap().write_html(Path(path) / "heatmap.html", include_plotlyjs=True)
     warn_negative_baseline(result.metric, result.clean_value)

@@ -11,7 +11,8 @@ sae_app = typer.Typer(help="Sparse autoencoders: cache activations, train, evalu
 app.add_typer(sae_app, name="sae")
 
 _SOURCE = typer.Option("random", help="task:NAME, tokens:PATH (safetensors), text:PATH or random")
-_N = typer.Option(256, "--n", help="number of prompts / token rows")
+_N = typer.Option(256, "--n", "--n-prompts", help="number of prompts / token rows (--n-prompts under torchrun, "
+                  "whose parser takes --n for its own options)")
 
 
 @sae_app.command("cache")
@@ -32,6 +33,7 @@ def cache_cmd(
         None, "--max-memory", help="working memory of a forward pass, e.g. 2GiB or 0.5 (a share of available "
         "memory); fewer sequences run at once when a batch does not fit; default: half the available memory, "
         "at most 3 GiB on a CPU"),
+    backend: str = typer.Option("auto", help="under torchrun: gloo (CPUs), nccl (GPUs) or auto"),
 ) -> None:
     """Store activations of HOOKs for a token source (each torchrun rank writes its own shards)."""
     from mechkit.cli._inputs import check_count, check_out_dir
@@ -51,14 +53,23 @@ def cache_cmd(
 
         parse_size(max_memory)
 
-    from mechkit.models import load_model
+    from mechkit import distributed
+    from mechkit.models import fingerprint, load_model
     from mechkit.sae import ActivationCache, write_cache
     from mechkit.sae.data import load_source
 
-    model = load_model(spec, device=device)
-    data = load_source(model, source, n=n, seed=seed, split=split)
-    path = write_cache(model, data, out, hook, batch_size=batch_size, shard_tokens=shard_tokens, dtype=dtype,
-                       skip_first=skip_first, max_memory=max_memory)
+    distributed.resolve_backend(backend, device)
+    with distributed.process_group(backend, device):
+        model = load_model(spec, device=distributed.device_for_rank(device))
+        data = load_source(model, source, n=n, seed=seed, split=split)
+        distributed.agree("the model fingerprint", fingerprint(model))
+        distributed.agree("the token source", distributed.tensor_digest(*(
+            (data.clean, data.corrupted, data.answer_pos) if hasattr(data, "clean") else (data,))))
+        path = write_cache(model, data, out, hook, batch_size=batch_size, shard_tokens=shard_tokens, dtype=dtype,
+                           skip_first=skip_first, max_memory=max_memory)
+        distributed.barrier()  # the cache is whole once every rank has written its shards
+        if not distributed.is_main():
+            return
     cache = ActivationCache(path)
     for h in hook:
         typer.echo(f"{h}: {cache.n_tokens(h):,} tokens x {cache.d(h)} in {len(cache.shards(h))} shards -> {path}")
@@ -83,8 +94,13 @@ def train_cmd(
     checkpoint_every: int = typer.Option(0, help="steps between checkpoints (0: none)"),
     init: str = typer.Option("auto", help="auto (data for the topk family), data, or sae_lens"),
     option: list[str] = typer.Option([], help="extra SAELens config field, KEY=JSON_VALUE; repeatable"),
+    backend: str = typer.Option("auto", help="under torchrun: gloo (CPUs), nccl (GPUs) or auto"),
 ) -> None:
-    """Train an SAE with SAELens's SAETrainer on cached activations."""
+    """Train an SAE with SAELens's SAETrainer on cached activations.
+
+    Under ``torchrun --nproc-per-node N -m mechkit sae train ...`` it trains with
+    DistributedDataParallel, each rank taking an equal share of every batch; rank 0 writes
+    checkpoints and the SAE, and ``torchrun --max-restarts K`` resumes from the last checkpoint."""
     from mechkit.cli._inputs import check_out_dir
     from mechkit.errors import DataError
     from mechkit.sae import TrainConfig, train_sae
@@ -102,8 +118,13 @@ def train_cmd(
                       steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device, autocast=autocast,
                       checkpoint_every=checkpoint_every, init=init, options=options)
     check_out_dir(out, "OUT")
-    sae = train_sae(cache, hook, out, cfg)
-    typer.echo(f"trained {architecture} SAE d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} -> {out}")
+    from mechkit import distributed
+
+    distributed.resolve_backend(backend, device)
+    with distributed.process_group(backend, device):
+        sae = train_sae(cache, hook, out, cfg)
+        if distributed.is_main():
+            typer.echo(f"trained {architecture} SAE d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} -> {out}")
 
 
 @sae_app.command("eval")

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
+from mechkit import distributed
 from mechkit._types import Circuit, PromptPairs
 from mechkit.discovery.acdc import acdc
 from tqdm.auto import tqdm
@@ -87,14 +88,18 @@ def attribute(
     graph = Graph.from_model(model)
     # scores are means over prompts: score chunk by chunk, so that only one chunk's activations
     # and gradients exist at a time, and add up weighted by chunk size
-    plan = plan_chunks(model, graph, len(pairs), pairs.clean.shape[1], grad=method != "exact",
+    plan = plan_chunks(model, graph, len(pairs[distributed.shard(len(pairs))]), pairs.clean.shape[1], grad=method != "exact",
                        max_memory=max_memory, max_batch=max_batch)
+    # under torchrun each rank scores its share of the pairs; the sums are added across ranks
+    distributed.agree_on_inputs(model, pairs)
+    mine = pairs[distributed.shard(len(pairs))]
+    progress = progress and distributed.is_main()
     with mechkit_runs(model):
         shared = shared_ablation(model, graph, pairs, ablation, plan.prompts)
-        starts = range(0, len(pairs), plan.prompts)
+        starts = range(0, len(mine), plan.prompts)
         edge_sum, node_sum, effect = 0.0, 0.0, 0.0
         for start in tqdm(starts, desc=method, disable=not progress or len(starts) == 1, leave=False):
-            part = pairs[start : start + plan.prompts]
+            part = mine[start : start + plan.prompts]
             ablated = chunk_ablation(model, graph, part, shared)
             edge, node = entry.func(
                 model, graph, part, metric, ablated, progress=progress and len(starts) == 1, max_batch=plan.rows, **options
@@ -104,6 +109,8 @@ def attribute(
             if "ig_steps" in options:
                 effect += path_effect(model, part, metric, ablated)
             del ablated
+    edge_sum, node_sum = distributed.all_sum(edge_sum), distributed.all_sum(node_sum)
+    effect = float(distributed.all_sum(effect))
     edge, node = edge_sum / len(pairs), node_sum / len(pairs)
     check = None
     if "ig_steps" in options:

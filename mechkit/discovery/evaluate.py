@@ -39,6 +39,7 @@ from mechkit.discovery.graph import Graph
 from mechkit.discovery.scores import EdgeScores
 from mechkit.discovery.select import greedy_mask, prune_dangling, topn_mask
 from mechkit.discovery.silent import inert_edges, without_silent_heads
+from mechkit import distributed
 from mechkit.errors import MechkitError
 from mechkit.metrics import logit_diff
 
@@ -125,12 +126,15 @@ def run_edge_masks(
     is_full, is_empty = unique.all(1), ~(unique & ~inert).any(1)
     keep_all = graph.to_matrix(unique.float())
     # per-prompt values: run prompt chunk by prompt chunk within the memory budget
-    plan = plan_chunks(model, graph, len(pairs), pairs.clean.shape[1], grad=False, max_memory=max_memory, max_batch=max_batch)
+    # under torchrun each rank runs its share of the prompts; the per-prompt values are gathered
+    distributed.agree_on_inputs(model, pairs)
+    mine = pairs[distributed.shard(len(pairs))]
+    plan = plan_chunks(model, graph, len(mine), pairs.clean.shape[1], grad=False, max_memory=max_memory, max_batch=max_batch)
     with mechkit_runs(model):
         shared = shared_ablation(model, graph, pairs, ablation, plan.prompts)
         values_parts, clean_parts = [], []
-        for start in range(0, len(pairs), plan.prompts):
-            part = pairs[start : start + plan.prompts]
+        for start in range(0, len(mine), plan.prompts):
+            part = mine[start : start + plan.prompts]
             with torch.no_grad():
                 clean = run_metric(model, part.clean.to(device), part, metric).float().cpu()
                 if ablation == "resample":
@@ -148,8 +152,8 @@ def run_edge_masks(
             values_parts.append(values)
             clean_parts.append(clean)
             del ablated
-    values = torch.cat(values_parts, dim=1)[inverse]
-    return MaskedRun(values[1:], torch.cat(clean_parts), values[0], ablation)
+    values = distributed.gather(torch.cat(values_parts, dim=1), dim=1)[inverse]
+    return MaskedRun(values[1:], distributed.gather(torch.cat(clean_parts)), values[0], ablation)
 
 
 def evaluate(

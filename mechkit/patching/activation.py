@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from transformer_lens import HookedTransformer
 
+from mechkit import distributed
 from mechkit._types import PromptPairs
 from mechkit.errors import ShapeError
 from mechkit.patching import _budget, _engine
@@ -85,11 +86,15 @@ def activation_patch(
     keep = {a: pos for a in ("pos", "dest_pos", "src_pos")} if pos is not None else {}
     hooks = [spec.hook_name(layer) for layer in layer_list]
     n, n_pos = len(_engine.check_pairs(model, pairs)), pairs.clean.shape[1]
-    plan = _budget.sweep_plan(model, n, n_pos, spec.act_axes, len(layer_list), metric_scope(metric), budget)
+    # under torchrun each rank patches its share of the prompts; the sums are added across ranks
+    distributed.agree_on_inputs(model, pairs)
+    mine = pairs[distributed.shard(len(pairs))]
+    progress = progress if distributed.is_main() else False
+    plan = _budget.sweep_plan(model, len(mine), n_pos, spec.act_axes, len(layer_list), metric_scope(metric), budget)
     part_metric = _budget.chunked_metric(metric)
     total, clean_sum, corrupted_sum = 0.0, 0.0, 0.0
-    for start in range(0, n, plan.prompts):
-        part = pairs[start : start + plan.prompts]
+    for start in range(0, len(mine), plan.prompts):
+        part = mine[start : start + plan.prompts]
         ctx = _engine.prepare(model, part, direction, part_metric, hooks)
         flat = _engine.run_sweep(ctx, spec, layer_list, keep, plan.rest, progress)
         total = total + flat.double() * len(part)
@@ -97,7 +102,8 @@ def activation_patch(
         corrupted_sum += ctx.corrupted_value * len(part)
         act = ctx.base.acts[hooks[0]]
         del ctx
-    flat, clean_value, corrupted_value = total / n, clean_sum / n, corrupted_sum / n
+    sums = distributed.all_sum(torch.cat([total.reshape(-1), torch.tensor([clean_sum, corrupted_sum], dtype=torch.float64)]))
+    flat, clean_value, corrupted_value = sums[:-2] / n, float(sums[-2]) / n, float(sums[-1]) / n
     if part_metric is not metric:
         flat = _budget.normalize(flat, clean_value, corrupted_value)
         clean_value, corrupted_value = 1.0, 0.0

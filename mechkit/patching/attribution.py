@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from mechkit import distributed
 from mechkit._types import PromptPairs
 from mechkit.errors import HookNameError
 from mechkit.patching import _budget, _engine
@@ -71,9 +72,13 @@ def attribution_patch(
     chunk = _budget.plan_prompts(model, n, budget, per_prompt, 0, "attribution patching").prompts
     totals: dict[str, Tensor] = {}
     base_sum = source_sum = 0.0
-    for i in range(0, n, chunk):
-        part = pairs[i : i + chunk]
-        base_part, source_part = base_tokens[i : i + chunk], source_tokens[i : i + chunk]
+    # under torchrun each rank takes its share of the prompts; the sums are added across ranks
+    distributed.agree_on_inputs(model, pairs)
+    mine = distributed.shard(n)
+    for i in range(mine.start, mine.stop, chunk):
+        stop = min(i + chunk, mine.stop)
+        part = pairs[i:stop]
+        base_part, source_part = base_tokens[i:stop], source_tokens[i:stop]
         source_acts, source_final = _source_run(model, source_part, hooks)
         clean_last = corrupted_last = None
         if needs_answer_logits(part_metric):
@@ -90,6 +95,9 @@ def attribution_patch(
         with torch.no_grad():
             source_sum += bound.score(*project(model, source_final, part, 0, scope), rows).double().sum().item()
         del source_acts, source_final
+    if distributed.active():
+        totals = {h: distributed.all_sum(totals[h]).to(device=t.device, dtype=t.dtype) for h, t in totals.items()}
+        base_sum, source_sum = distributed.all_sum(torch.tensor([base_sum, source_sum])).tolist()
     clean_v, corr_v = (source_sum / n, base_sum / n) if direction == "denoising" else (base_sum / n, source_sum / n)
     if part_metric is not metric:  # the change of a normalised logit difference is the change's share
         totals = {h: _budget.normalize(t, clean_v, corr_v, change=True) for h, t in totals.items()}

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from mechkit._types import PromptPairs
+from mechkit.distributed import env_world
 from mechkit.errors import ArtifactError, DataError, HookNameError, did_you_mean
 from mechkit.memory import MemoryBudgetError, budget_bytes, format_bytes
 from mechkit.models import check_hook_name, fingerprint
@@ -84,16 +85,6 @@ def check_manifest(manifest: Any, where: Path) -> dict:
     if not isinstance(manifest.get("model_fingerprint", ""), str):
         raise ArtifactError(f"cache manifest {where}: model_fingerprint is not a string: {_HINT}")
     return manifest
-
-
-def _rank() -> tuple[int, int]:
-    try:
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise DataError("RANK and WORLD_SIZE must be whole numbers (as torchrun sets them)") from None
-    if not 0 <= rank < world:
-        raise DataError(f"RANK={rank} is outside WORLD_SIZE={world}: set 0 <= RANK < WORLD_SIZE")
-    return rank, world
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -153,7 +144,7 @@ def write_cache(
     if not hooks:
         raise HookNameError("no hooks given: name at least one, e.g. blocks.0.hook_resid_post")
     hooks = [check_hook_name(model, h) for h in hooks]
-    rank, world = _rank()
+    rank, world = env_world()
     tokens, lengths = _as_sequences(data)
     layers = [int(m.group(1)) for h in hooks if (m := _LAYER.match(h))]
     stop = max(layers) + 1 if len(layers) == len(hooks) and max(layers) + 1 < model.cfg.n_layers else None

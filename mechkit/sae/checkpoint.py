@@ -139,7 +139,8 @@ def _restore(trainer: Any, path: Path, meta: dict[str, Any]) -> int:
     trainer.n_forward_passes_since_fired = tensors["trainer.n_forward_passes_since_fired"].to(device)
     trainer.n_frac_active_samples = meta["n_frac_active_samples"]
     trainer.started_fine_tuning = meta["started_fine_tuning"]
-    trainer.n_training_samples = meta["n_training_samples"]
+    # in this process's samples: a checkpoint of N ranks resumes on any number of ranks
+    trainer.n_training_samples = step * trainer.cfg.train_batch_size_samples
     trainer.n_training_steps = step
     trainer.activation_scaler.scaling_factor = meta["scaling_factor"]
     torch.set_rng_state(tensors["rng.torch"])

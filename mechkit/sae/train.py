@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,12 @@ from safetensors.torch import save_file
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.constants import SPARSITY_FILENAME
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
-from sae_lens.saes.sae import TrainingSAE
+from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput
 from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
+from mechkit import distributed
 from mechkit.errors import DataError, did_you_mean
 from mechkit.sae import checkpoint as ckpt
 from mechkit.sae.cache import ActivationCache
@@ -238,9 +240,10 @@ def _matmul_precision(cfg: TrainConfig) -> Iterator[None]:
 
 
 def _trainer_config(cfg: TrainConfig) -> SAETrainerConfig:
+    local = cfg.batch_size // distributed.world_size()  # SAELens counts the samples of its own process
     return SAETrainerConfig(
-        total_training_samples=cfg.steps * cfg.batch_size,
-        train_batch_size_samples=cfg.batch_size,
+        total_training_samples=cfg.steps * local,
+        train_batch_size_samples=local,
         lr=cfg.lr,
         lr_end=cfg.lr / 10,
         device=cfg.device,
@@ -258,8 +261,19 @@ def train_sae(
     cfg: TrainConfig = TrainConfig(),
     resume: bool = True,
 ) -> TrainingSAE:
-    """Train on ``hook``'s cached activations; write the SAE to ``out_dir`` and return it."""
+    """Train on ``hook``'s cached activations; write the SAE to ``out_dir`` and return it.
+
+    Inside a torchrun process group (:mod:`mechkit.distributed`) the SAE trains with
+    ``DistributedDataParallel``: each step's global batch of ``cfg.batch_size`` activations (the
+    same batches a single process reads) is split evenly among the ranks, gradients are averaged
+    and firing statistics added across ranks, so N ranks take the same steps as one process up
+    to float summation order. Rank 0 writes checkpoints and the SAE; a restarted group resumes
+    from the last checkpoint."""
     check_config(cfg)
+    world = distributed.world_size()
+    if cfg.batch_size % world:
+        raise DataError(f"batch size {cfg.batch_size} does not divide among {world} ranks: "
+                        f"use a multiple of {world} so every rank takes an equal share of each batch")
     cache = cache if isinstance(cache, ActivationCache) else ActivationCache(cache)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -273,21 +287,26 @@ def train_sae(
         "mechkit_train_config": asdict(cfg),
     }
     init = resolved_init(cfg)
-    sae = build_training_sae(cfg, d_in, metadata)
     config_key = {"train": json.loads(json.dumps(asdict(cfg))), "hook": hook, "cache": cache.model_fingerprint}
+    distributed.agree("the SAE training configuration and cache", json.dumps(config_key, sort_keys=True))
+    cfg = replace(cfg, device=distributed.device_for_rank(cfg.device))  # cuda -> cuda:LOCAL_RANK in a group
+    sae = build_training_sae(cfg, d_in, metadata)
     root = out / "checkpoints"
     latest = ckpt.latest_checkpoint(root) if resume else None
+    distributed.agree("the checkpoint to resume from", str(latest))
     if init == "data" and latest is None:  # a resumed run loads its weights from the checkpoint
         data_init(sae, _init_sample(cache, hook, cfg, sae.cfg.d_sae), seed=cfg.seed)
     trainer: SAETrainer | None = None
 
     def on_checkpoint(checkpoint_path: Path | None) -> None:  # noqa: ARG001 (SAELens passes None here)
         # SAELens calls this before it counts the step that was just taken
-        ckpt.save_checkpoint(trainer, root, trainer.n_training_steps + 1, config_key)
+        if distributed.is_main():
+            ckpt.save_checkpoint(trainer, root, trainer.n_training_steps + 1, config_key)
 
     start = 0
     data = _Provider(cache, hook, cfg)
-    trainer = SAETrainer(cfg=_trainer_config(cfg), sae=sae, data_provider=data, save_checkpoint_fn=on_checkpoint)
+    trainer_cls = _DataParallelTrainer if distributed.active() else SAETrainer
+    trainer = trainer_cls(cfg=_trainer_config(cfg), sae=sae, data_provider=data, save_checkpoint_fn=on_checkpoint)
     if latest is not None:
         start = ckpt.load_checkpoint(trainer, latest, config_key)
     elif cfg.normalize_activations == "expected_average_only_in":
@@ -296,15 +315,18 @@ def train_sae(
             d_in, iter(cache.batches(hook, cfg.batch_size, seed=cfg.seed + 1)), n_batches_for_norm_estimate=20
         )
     data.start(start)
+    local = cfg.batch_size // world  # each rank's rows of a step's batch; SAELens counts samples per rank
     if cfg.checkpoint_every:
-        every = cfg.checkpoint_every * cfg.batch_size
+        every = cfg.checkpoint_every * local
         trainer.checkpoint_thresholds = [
-            s - 1 for s in range(every, cfg.steps * cfg.batch_size, every) if s > trainer.n_training_samples
+            s - 1 for s in range(every, cfg.steps * local, every) if s > trainer.n_training_samples
         ]
     with _matmul_precision(cfg):
         trainer.fit()
-    sae.save_inference_model(str(out))
-    save_file({"sparsity": trainer.log_feature_sparsity}, str(out / SPARSITY_FILENAME))
+    if distributed.is_main():
+        sae.save_inference_model(str(out))
+        save_file({"sparsity": trainer.log_feature_sparsity}, str(out / SPARSITY_FILENAME))
+    distributed.barrier()  # every rank returns once the SAE is on disk
     return sae
 
 
@@ -317,9 +339,66 @@ class _Provider:
 
     def start(self, n: int) -> None:
         self._it = self.cache.batches(self.hook, self.cfg.batch_size, seed=self.cfg.seed, start=n)
+        self._rows = distributed.shard(self.cfg.batch_size, "activations of a batch")
 
     def __iter__(self) -> "_Provider":
         return self
 
     def __next__(self) -> torch.Tensor:
-        return next(self._it)
+        return next(self._it)[self._rows]  # in a process group, this rank's share of the batch
+
+
+class _StepModule(torch.nn.Module):
+    """The SAE's training forward pass as a module's ``forward``, for DistributedDataParallel."""
+
+    def __init__(self, sae: TrainingSAE):
+        super().__init__()
+        self.sae = sae
+
+    def forward(self, sae_in: Tensor, dead_neuron_mask: Tensor, coefficients: dict[str, float],
+                n_training_steps: int, is_logging_step: bool) -> TrainStepOutput:
+        return self.sae.training_forward_pass(step_input=TrainStepInput(
+            sae_in=sae_in, dead_neuron_mask=dead_neuron_mask, coefficients=coefficients,
+            n_training_steps=n_training_steps, is_logging_step=is_logging_step,
+        ))
+
+
+class _DataParallelTrainer(SAETrainer):
+    """SAELens's trainer with its step run through ``DistributedDataParallel``.
+
+    Each rank's loss is the mean over its equal share of the batch, and DDP averages the
+    gradients, so the update is the single-process one on the whole batch. Which features fired
+    is added across ranks, so dead-feature masks (and TopK's auxiliary loss, which reads them)
+    and the sparsity statistics are the whole batch's too."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        cuda = torch.device(self.cfg.device).type == "cuda"
+        self.ddp = DistributedDataParallel(_StepModule(self.sae), device_ids=[self.sae.device] if cuda else None,
+                                           broadcast_buffers=False)
+
+    def _train_step(self, sae: TrainingSAE, sae_in: Tensor) -> TrainStepOutput:
+        sae.train()
+        with self.autocast_if_enabled:
+            out = self.ddp(sae_in, self.dead_neurons, self.get_coefficients(), self.n_training_steps,
+                           self._is_logging_step())
+            with torch.no_grad():
+                fired = distributed.all_sum(out.feature_acts.bool().float().sum(0)).to(self.act_freq_scores)
+                self.n_forward_passes_since_fired += 1
+                self.n_forward_passes_since_fired[fired > 0] = 0
+                self.act_freq_scores += fired
+                self.n_frac_active_samples += self.cfg.train_batch_size_samples * distributed.world_size()
+        try:
+            out.loss.backward()  # DDP all-reduces (averages) the gradients here
+        except RuntimeError as err:
+            raise distributed.RankLostError(f"rank {distributed.rank()} lost its process group during the gradient "
+                                            f"all-reduce ({' '.join(str(err).split())[:200]}): another rank stopped; "
+                                            "launch with torchrun --max-restarts N to resume from the last checkpoint"
+                                            ) from None
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.lr_scheduler.step()
+        for scheduler in self.coefficient_schedulers.values():
+            scheduler.step()
+        return out
