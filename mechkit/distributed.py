@@ -98,7 +98,7 @@ def process_group(backend: str = "auto", device: str | torch.device | None = Non
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     try:
-        dist.init_process_group(backend, rank=rank_, world_size=world, timeout=TIMEOUT)
+        dist.init_process_group(backend, store=_attempt_store(world), rank=rank_, world_size=world, timeout=TIMEOUT)
     except (RuntimeError, ValueError) as err:
         raise DataError(f"cannot join the process group of {world} ranks ({_one_line(err)}): "
                         "launch with torchrun, which sets MASTER_ADDR and MASTER_PORT") from None
@@ -106,6 +106,20 @@ def process_group(backend: str = "auto", device: str | torch.device | None = Non
         yield
     finally:
         dist.destroy_process_group()
+
+
+def _attempt_store(world: int) -> dist.Store | None:
+    """The key-value store of this torchrun attempt, or None for torch's default (``env://``).
+
+    After a restart (``--max-restarts``) torchrun's agent keeps the store of the first attempt,
+    where the dead ranks' gloo addresses are still written under the same keys; a restarted rank
+    can read one of those before its peer replaces it and fail with "connection refused". Keys
+    under a per-attempt prefix cannot be stale."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size=world,
+                          is_master=False, timeout=TIMEOUT)
+    return dist.PrefixStore(f"mechkit/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def device_for_rank(device: str | None) -> str | None:

@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     0 success; 1 a check that ran and failed (``verify``, ``demo``); 2 bad input or usage,
     printed as one line on stderr; 130 interrupted.
     """
+    import os
+
+    if not _is_main_rank():  # one progress bar under torchrun, rank 0's (tqdm reads this when imported)
+        os.environ.setdefault("TQDM_DISABLE", "1")
     from mechkit.errors import MechkitError
 
     usage_errors = _usage_error_types()

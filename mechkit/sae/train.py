@@ -374,8 +374,7 @@ class _DataParallelTrainer(SAETrainer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         cuda = torch.device(self.cfg.device).type == "cuda"
-        self.ddp = DistributedDataParallel(_StepModule(self.sae), device_ids=[self.sae.device] if cuda else None,
-                                           broadcast_buffers=False)
+        self.ddp = DistributedDataParallel(_StepModule(self.sae), device_ids=[self.sae.device] if cuda else None)
 
     def _train_step(self, sae: TrainingSAE, sae_in: Tensor) -> TrainStepOutput:
         sae.train()
