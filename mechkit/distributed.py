@@ -22,6 +22,7 @@ raise :class:`RankLostError`, which the console script prints as one line on ran
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -147,11 +148,21 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:200]
 
 
+def lost_reason(err: BaseException) -> str:
+    """The gist of a backend's error: gloo's "[file:line] Read error [addr]: Connection reset by
+    peer. This is typically..." becomes "Connection reset by peer"."""
+    text = re.sub(r"\[[^\]]*\](:\d+)?:?", "", " ".join(str(err).split())).strip()
+    text = text.split(". ")[0].strip(" .")
+    if ":" in text:
+        text = text.rsplit(":", 1)[1].strip() or text
+    return text[:120] or type(err).__name__
+
+
 def _collective(fn, *args) -> None:
     try:
         fn(*args)
     except RuntimeError as err:  # gloo/nccl: a peer closed its connection or timed out
-        raise RankLostError(f"rank {rank()} lost its process group ({_one_line(err)}): another rank stopped; "
+        raise RankLostError(f"rank {rank()} lost its process group ({lost_reason(err)}): another rank stopped; "
                             "rerun, or launch with torchrun --max-restarts N to restart from the last checkpoint") from None
 
 

@@ -391,7 +391,7 @@ class _DataParallelTrainer(SAETrainer):
             out.loss.backward()  # DDP all-reduces (averages) the gradients here
         except RuntimeError as err:
             raise distributed.RankLostError(f"rank {distributed.rank()} lost its process group during the gradient "
-                                            f"all-reduce ({' '.join(str(err).split())[:200]}): another rank stopped; "
+                                            f"all-reduce ({distributed.lost_reason(err)}): another rank stopped; "
                                             "launch with torchrun --max-restarts N to resume from the last checkpoint"
                                             ) from None
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
