@@ -234,11 +234,12 @@ def barrier() -> None:
         _collective(dist.barrier)
 
 
-def agree_on_inputs(model: torch.nn.Module, pairs) -> None:
-    """Refuse when ranks hold different weights or prompt pairs (a no-op without a group)."""
+def agree_on_inputs(model: torch.nn.Module, pairs, model_fingerprint: str | None = None) -> None:
+    """Refuse when ranks hold different weights or prompt pairs (a no-op without a group).
+    ``model_fingerprint``: the model's, when the caller has computed it already."""
     if not active():
         return
     from mechkit.models import fingerprint
 
-    agree("the model fingerprint", fingerprint(model))
+    agree("the model fingerprint", model_fingerprint or fingerprint(model))
     agree("the prompt pairs", tensor_digest(pairs.clean, pairs.corrupted, pairs.answer, pairs.wrong, pairs.answer_pos))

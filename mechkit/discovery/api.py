@@ -91,7 +91,8 @@ def attribute(
     plan = plan_chunks(model, graph, len(pairs[distributed.shard(len(pairs))]), pairs.clean.shape[1], grad=method != "exact",
                        max_memory=max_memory, max_batch=max_batch)
     # under torchrun each rank scores its share of the pairs; the sums are added across ranks
-    distributed.agree_on_inputs(model, pairs)
+    model_fingerprint = fingerprint(model)
+    distributed.agree_on_inputs(model, pairs, model_fingerprint)
     mine = pairs[distributed.shard(len(pairs))]
     progress = progress and distributed.is_main()
     with mechkit_runs(model):
@@ -123,7 +124,7 @@ def attribute(
         method=method,
         hyperparameters={**options, "ablation": ablation, "metric": _metric_name(metric), "n_prompts": len(pairs)},
         model_spec=model_spec,
-        model_fingerprint=fingerprint(model),
+        model_fingerprint=model_fingerprint,
         task=dict(pairs.task),
         convergence=check,
     )
