@@ -161,12 +161,18 @@ def main() -> None:
             runs[f"{ranks}x{threads}"] = _run(workload, ranks, threads, extra + more, work)
         per_s = {k: r["units"] / r["seconds"] for k, r in runs.items()}
         results[workload] = {
+            "setup": (f"EAP-IG, 5 steps, SmolLM2-135M-Instruct, {args.pairs} IOI pairs (train split, seed 1)"
+                      if workload == "eap" else
+                      f"SAELens TopK, d_in 576, d_sae 4608, k 32, batch 4096, {args.sae_steps} steps, "
+                      f"{HOOK} of {args.cache_pairs} IOI pairs"),
             "runs": runs,
             "throughput_per_s": per_s,
             "unit": "prompt pairs" if workload == "eap" else "tokens",
             "speedup_2_ranks_vs_1_rank_1_thread": per_s["2x1"] / per_s["1x1"],
             "speedup_2_ranks_vs_1_process_2_threads": per_s["2x1"] / per_s["1x2"],
             "max_rel_diff_2_ranks_vs_1_process": _compare(work, f"{workload}-1x1", f"{workload}-2x1"),
+            # the yardstick: one process with 1 and with 2 threads (other summation orders again)
+            "max_rel_diff_1_thread_vs_2_threads": _compare(work, f"{workload}-1x1", f"{workload}-1x2"),
         }
         print(json.dumps({k: v for k, v in results[workload].items() if k != "runs"}, indent=1), flush=True)
         Path(args.out).write_text(json.dumps(results, indent=1))

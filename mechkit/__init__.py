@@ -10,7 +10,8 @@ Faithfulness(ablation='resample', value=0.91..., ci_low=..., ci_high=..., n_prom
 Subpackages: ``models`` (load, components, fingerprint), ``organisms`` (shipped model organisms
 and their tasks), ``patching`` (activation, path and attribution patching), ``discovery``
 (EAP, EAP-IG, ACDC, oracle, faithfulness), ``artifacts`` (save/load/verify/export circuits),
-``viewer`` (offline HTML), ``sae`` (sparse autoencoders through SAELens; imported on first use).
+``viewer`` (offline HTML), ``sae`` (sparse autoencoders through SAELens; imported on first use),
+``distributed`` (data parallelism under torchrun).
 """
 
 import importlib
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 
 # Public names and the module each comes from. Nothing heavy is imported until a name is first
 # used, so `import mechkit.cli` (and `mechkit --version`) does not pay for torch and TransformerLens.
-_SUBMODULES = ("artifacts", "discovery", "metrics", "models", "organisms", "patching", "probes", "sae", "tasks",
+_SUBMODULES = ("artifacts", "discovery", "distributed", "metrics", "models", "organisms", "patching", "probes", "sae", "tasks",
                "viewer")
 _NAMES = {
     "Circuit": "mechkit._types", "Edge": "mechkit._types", "Faithfulness": "mechkit._types",

@@ -167,14 +167,17 @@ def _collective(fn, *args) -> None:
 
 
 def all_sum(value: Tensor | float) -> Tensor:
-    """The sum of ``value`` over ranks, in float64 (a copy; ``value`` itself without a group)."""
-    t = torch.as_tensor(value, dtype=torch.float64).detach().cpu().clone()
+    """The sum of ``value`` over ranks, in float64, on ``value``'s device (a copy)."""
+    t = torch.as_tensor(value).detach().to(dtype=torch.float64, copy=True)
     if not active():
         return t
-    if dist.get_backend() == "nccl":
+    device = t.device
+    if dist.get_backend() == "nccl" and device.type != "cuda":
         t = t.cuda()
+    elif dist.get_backend() == "gloo" and device.type != "cpu":
+        t = t.cpu()
     _collective(dist.all_reduce, t, dist.ReduceOp.SUM)
-    return t.cpu()
+    return t.to(device)
 
 
 def all_max(value: Tensor) -> Tensor:

@@ -102,7 +102,7 @@ def activation_patch(
         corrupted_sum += ctx.corrupted_value * len(part)
         act = ctx.base.acts[hooks[0]]
         del ctx
-    sums = distributed.all_sum(torch.cat([total.reshape(-1), torch.tensor([clean_sum, corrupted_sum], dtype=torch.float64)]))
+    sums = distributed.all_sum(torch.cat([total.reshape(-1), torch.tensor([clean_sum, corrupted_sum], dtype=torch.float64, device=total.device)]))
     flat, clean_value, corrupted_value = sums[:-2] / n, float(sums[-2]) / n, float(sums[-1]) / n
     if part_metric is not metric:
         flat = _budget.normalize(flat, clean_value, corrupted_value)
