@@ -85,15 +85,28 @@ def train_(
     seed: int = typer.Option(0, help="training seed"),
     out: Path = typer.Option(None, help="output directory (default: the shipped organisms directory)"),
     threads: int = typer.Option(None, help="CPU threads (default: the organism's spec, which reproduces the shipped one)"),
+    force: bool = typer.Option(False, "--force", help="replace an organism already in the output folder"),
 ) -> None:
-    """Train (or, for wired organisms, construct) an organism and save it with its card."""
+    """Train (or, for wired organisms, construct) an organism and save it with its card.
+
+    An output folder that already holds files (by default the shipped organism's own) is
+    refused unless ``--force``: a retrain never replaces an organism by accident."""
+    from mechkit.cli._inputs import check_count, check_out_dir
+    from mechkit.errors import DataError
     from mechkit.models import organisms_dir, save_organism
 
     _check_name(name)
+    if steps is not None:
+        check_count(steps, "--steps")
+    if threads is not None:
+        check_count(threads, "--threads")
+    target = out if out is not None else organisms_dir() / name
+    check_out_dir(target, "--out")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise DataError(f"{target} already holds an organism: pass --out NEW_FOLDER, or --force to replace it")
     if name.startswith("smol-"):
         from mechkit.organisms.finetune import train_adapter
 
-        target = out if out is not None else organisms_dir() / name
         card = train_adapter(name, target, seed=seed, steps=steps, threads=threads)
         held = card["held_out"]
         typer.echo(f"saved {name} to {target}: {card['steps']} steps, {card['wall_time_s']} s, held-out behaviour "
@@ -107,7 +120,7 @@ def train_(
         from mechkit.organisms.train import train
 
         model, card = train(name, steps=steps, seed=seed, threads=threads)
-    path = save_organism(model, out if out is not None else organisms_dir() / name, card)
+    path = save_organism(model, target, card)
     held = card["held_out"]
     typer.echo(f"saved {name} to {path}: {card['steps']} steps, {card['wall_time_s']} s, held-out accuracy "
                f"{held['accuracy']:.4f}, mean logit diff {held['logit_diff']:.3f}")

@@ -97,3 +97,26 @@ def test_threads_default_to_the_spec_that_reproduces_the_shipped_organism():
         torch.use_deterministic_algorithms(False)
     shipped = json.loads((organisms_dir() / "chekhov" / "card.json").read_text())
     assert card["threads"] == spec("chekhov").threads == shipped["threads"] == 1
+
+
+def test_train_refuses_bad_input_through_the_console_script(tmp_path):
+    """A seed that is not an integer, --steps 0, and a folder that already holds an organism
+    (the shipped one by default): one line, exit 2, the organism's files untouched."""
+    from mechkit.models import organisms_dir
+    from tests.console import mechkit
+
+    shipped = organisms_dir() / "chekhov"
+    before = {p.name: p.stat().st_mtime_ns for p in shipped.iterdir()}
+    assert "Invalid value for '--seed'" in mechkit("organisms", "train", "chekhov", "--seed", "abc",
+                                                     "--out", tmp_path / "x").assert_one_line_error(2)
+    assert "--steps 0 is less than 1" in mechkit("organisms", "train", "chekhov", "--steps", "0",
+                                                 "--out", tmp_path / "x").assert_one_line_error(2)
+    line = mechkit("organisms", "train", "chekhov", "--steps", "1").assert_one_line_error(2)
+    assert f"{shipped} already holds an organism" in line and "--force" in line
+    assert {p.name: p.stat().st_mtime_ns for p in shipped.iterdir()} == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "card.json").write_text("{}")
+    line = mechkit("organisms", "train", "wired-induction", "--out", tmp_path / "mine").assert_one_line_error(2)
+    assert "already holds an organism" in line
+    assert (tmp_path / "mine" / "card.json").read_text() == "{}"
+    assert not (tmp_path / "x").exists()
