@@ -143,9 +143,23 @@ def bench_one(name: str, n: int, seed: int) -> dict:
     row["pearson_exact"] = float(np.corrcoef(scores.scores.numpy(), exact.scores.numpy())[0, 1])
     row["pearson_exact_nodes"] = float(np.corrcoef(scores.node_scores.numpy(), exact.node_scores.numpy())[0, 1])
     row["spearman_exact"] = float(spearmanr(scores.scores.numpy(), exact.scores.numpy())[0])
+    # rank agreement where Pearson misleads: on a serial chain exact patching gives every necessary
+    # edge the whole effect (their |scores| sum to several times it) while integrated gradients
+    # split it along the chain, so the values differ in scale but the ranking can still agree
+    for k in (10, max(1, scores.graph.n_edges // 10)):
+        row[f"topk_overlap_exact_{k}"] = top_k_overlap(scores.scores, exact.scores, k)
+    if scores.convergence is not None and scores.convergence.total_effect:
+        row["exact_abs_sum_over_effect"] = float(exact.scores.abs().sum()) / abs(scores.convergence.total_effect)
     act = attribute(model, pairs, "eap-ig-activations")  # the EAP-IG library's activation-space variant
     row["pearson_exact_ig_activations"] = float(np.corrcoef(act.scores.numpy(), exact.scores.numpy())[0, 1])
     return row
+
+
+def top_k_overlap(a, b, k: int) -> float:
+    """Share of the k highest-|a| edges that are also among the k highest-|b| edges."""
+    top_a = set(a.abs().argsort(descending=True)[:k].tolist())
+    top_b = set(b.abs().argsort(descending=True)[:k].tolist())
+    return len(top_a & top_b) / k
 
 
 def fmt(value, spec: str = ".3f") -> str:
@@ -160,6 +174,7 @@ def print_table(rows: list[dict]) -> None:
         ("Jacc(top-k,oracle)", "jaccard_topk", ".2f"), ("Jacc(circ,oracle)", "jaccard_circuit", ".2f"),
         ("Jacc(sel,oracle)", "jaccard_selected", ".2f"),
         ("r(IG,exact)", "pearson_exact", ".3f"), ("rho(IG,exact)", "spearman_exact", ".3f"),
+        ("top10 overlap", "topk_overlap_exact_10", ".2f"), ("sum|exact|/effect", "exact_abs_sum_over_effect", ".2f"),
         ("r(IG-act,exact)", "pearson_exact_ig_activations", ".3f"),
         ("CPR", "cpr", ".3f"), ("CMD", "cmd", ".3f"), ("ACDC edges", "acdc_edges", "d"), ("ACDC F", "acdc_faith", ".3f"),
         ("EAP-IG s", "eap_ig_s", ".2f"), ("curve/fwd", "curve_forwards", ".1f"),
