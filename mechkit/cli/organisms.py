@@ -120,6 +120,12 @@ def train_(
         from mechkit.organisms.train import train
 
         model, card = train(name, steps=steps, seed=seed, threads=threads)
+        stuck = card.get("stopped_at_chance")
+        if stuck:
+            typer.echo(f"{name} did not learn its task on seed {seed}: training accuracy {stuck['train_accuracy']:.3f} "
+                       f"at step {stuck['step']}, below the {stuck['needed']} the recipe needs by step "
+                       f"{stuck['by_step']}; stopped early, nothing saved (try another seed)", err=True)
+            raise typer.Exit(1)
     path = save_organism(model, target, card)
     held = card["held_out"]
     typer.echo(f"saved {name} to {path}: {card['steps']} steps, {card['wall_time_s']} s, held-out accuracy "

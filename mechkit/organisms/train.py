@@ -57,6 +57,10 @@ class TrainSpec:
     # with them the trajectory (at 2 threads chekhov had not solved its task by step 3600, so its
     # gates, which wait for three solved checks in a row, never switched on)
     threads: int = 1
+    # a run whose training accuracy has not reached leave_chance by step chance_by stops there and
+    # says so (card["stopped_at_chance"]), instead of running to the cap; None: never
+    chance_by: int | None = None
+    leave_chance: float = 0.0
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -166,6 +170,7 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
     gate_hooks = gates.hooks() if gates is not None else []
     model.train()
     good, done, history = 0, 0, []
+    left_chance, stopped_at_chance = s.chance_by is None, False
     gate_on = s.gate_start if gates is not None else None  # the step the penalty started at
     bar = tqdm(range(max_steps), desc=f"train {name}", disable=not progress)
     for step in bar:
@@ -192,6 +197,10 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=m["accuracy"])
             ok = min(m["accuracy"], m["corrupted_accuracy"]) >= s.stop_accuracy and m["logit_diff"] >= s.min_logit_diff
             good = good + 1 if ok else 0
+            left_chance = left_chance or m["accuracy"] >= s.leave_chance
+            if not left_chance and done >= s.chance_by:
+                stopped_at_chance = True  # the recipe did not take on this seed: say so, don't run to the cap
+                break
             if gates is not None and gate_on is None and good >= s.stop_checks:
                 gate_on, good = done, 0  # solved with every gate open: now prune
             gated_long_enough = gates is None or (gate_on is not None and done >= gate_on + s.gate_steps)
@@ -222,6 +231,8 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
                  "generator": f"mechkit.organisms.task({t.name!r}).generate(n, seed, split)"},
         "early_stop": {"check_every": s.check_every, "accuracy": s.stop_accuracy, "checks": s.stop_checks,
                        "min_logit_diff": s.min_logit_diff},
+        "stopped_at_chance": stopped_at_chance and {"step": done, "train_accuracy": history[-1]["train_accuracy"],
+                                                    "needed": s.leave_chance, "by_step": s.chance_by},
         "wall_time_s": round(wall, 1),
         "device": device,
         "threads": threads,

@@ -120,3 +120,15 @@ def test_train_refuses_bad_input_through_the_console_script(tmp_path):
     assert "already holds an organism" in line
     assert (tmp_path / "mine" / "card.json").read_text() == "{}"
     assert not (tmp_path / "x").exists()
+
+
+def test_a_run_that_has_not_left_chance_by_the_recipes_step_stops_and_says_so():
+    from mechkit.organisms.train import train
+
+    overrides = {"check_every": 10, "chance_by": 20, "leave_chance": 1.01, "pool": 2000}  # 1.01: never reached
+    _, card = train("chekhov", steps=200, seed=1, threads=1, progress=False, eval_n=100, spec_overrides=overrides)
+    assert card["steps"] == 20 and card["stopped_at_chance"]["step"] == 20
+    assert card["stopped_at_chance"]["needed"] == 1.01
+    _, card = train("chekhov", steps=20, seed=1, threads=1, progress=False, eval_n=100,
+                    spec_overrides={**overrides, "leave_chance": 0.0})
+    assert card["stopped_at_chance"] is False and card["steps"] == 20
