@@ -136,6 +136,8 @@ def shard(n: int, what: str = "prompt pairs") -> slice:
     """This rank's contiguous share of ``n`` items: shares differ by at most one item, in rank
     order, so concatenating them gives the items in order. Refused when a rank would get none."""
     world, r = world_size(), rank()
+    if world == 1:
+        return slice(0, n)
     if n < world:
         raise DataError(f"{n} {what} cannot be shared among {world} ranks (each needs at least one): "
                         f"use at most {n} ranks or more {what}")
