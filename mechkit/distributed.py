@@ -151,12 +151,10 @@ def _one_line(err: BaseException) -> str:
 
 
 def lost_reason(err: BaseException) -> str:
-    """The gist of a backend's error: gloo's "[file:line] Read error [addr]: Connection reset by
-    peer. This is typically..." becomes "Connection reset by peer"."""
-    text = re.sub(r"\[[^\]]*\](:\d+)?:?", "", " ".join(str(err).split())).strip()
-    text = text.split(". ")[0].strip(" .")
-    if ":" in text:
-        text = text.rsplit(":", 1)[1].strip() or text
+    """The gist of a backend's error: gloo's "[file:line] Read error [addr]:port: Connection reset
+    by peer. This is typically..." becomes "Read error: Connection reset by peer"."""
+    text = re.sub(r"\s*\[[^\]]*\](:\d+)?:?", ":", " ".join(str(err).split()))
+    text = re.sub(r":+", ":", text).strip(" :").split(". ")[0].strip(" .")
     return text[:120] or type(err).__name__
 
 
