@@ -47,6 +47,20 @@ def live_components(card: dict) -> int | None:
     return sum(1 for x in flat if isinstance(x, (int, float)) and x > 0.5)
 
 
+def structure(nodes: list[str]) -> str:
+    """An oracle node set without head indices: how many heads and MLPs per layer."""
+    import re
+
+    per: dict[int, list[int]] = {}
+    for node in nodes:
+        m = re.match(r"L(\d+)H\d+$", node) or re.match(r"M(\d+)$", node)
+        if m:
+            layer = int(m.group(1))
+            per.setdefault(layer, [0, 0])[0 if node.startswith("L") else 1] += 1
+    return ", ".join(f"L{layer}: {h} head{'s' if h != 1 else ''}" + (" + MLP" if mlp else "")
+                     for layer, (h, mlp) in sorted(per.items()))
+
+
 def one(name: str, seed: int, work: Path, steps: int | None, n: int) -> None:
     """Train ``name`` on ``seed`` and, when solved, benchmark discovery on it (one process)."""
     import torch
@@ -65,7 +79,7 @@ def one(name: str, seed: int, work: Path, steps: int | None, n: int) -> None:
         "organism": name, "seed": seed, "steps": card["steps"], "max_steps": card["max_steps"],
         "train_wall_s": card["wall_time_s"], "held_out": held, "stopped_at_chance": card["stopped_at_chance"],
         "solved": held["accuracy"] >= SOLVED and held["corrupted_accuracy"] >= SOLVED,
-        "live_components": live_components(card), "gates": card.get("gates"),
+        "live_components": live_components(card), "gates": card.get("gates"), "history": card["history"],
     }
     if result["solved"]:
         save_organism(model, organisms / name, card)
@@ -87,14 +101,19 @@ def summarise(results: list[dict]) -> dict:
         rows = [r for r in results if r["organism"] == name]
         solved = [r for r in rows if r["solved"]]
         groups: dict[str, list[int]] = {}
+        shapes: dict[str, list[int]] = {}
         for r in solved:
             nodes = (r.get("discovery") or {}).get("oracle_nodes")
             groups.setdefault(" ".join(sorted(nodes)) if nodes else "(no oracle)", []).append(r["seed"])
+            shapes.setdefault(structure(nodes) if nodes else "(no oracle)", []).append(r["seed"])
         out[name] = {
             "solved": f"{len(solved)}/{len(rows)}",
             "seeds_solved": [r["seed"] for r in solved],
             "seeds_stopped_at_chance": [r["seed"] for r in rows if r["stopped_at_chance"]],
             "mechanisms": groups,
+            # heads are interchangeable under relabelling: the same structure with other head
+            # indices is the same mechanism; a different structure is a different one
+            "structures": shapes,
             "median_train_wall_s": sorted(r["train_wall_s"] for r in rows)[len(rows) // 2],
         }
     return out

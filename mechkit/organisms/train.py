@@ -69,7 +69,7 @@ SPECS: dict[str, TrainSpec] = {
     "induction": TrainSpec(
         arch=dict(n_layers=2, d_model=64, n_heads=8, d_head=8, n_ctx=32, attn_only=True,
                   normalization_type="LN", positional_embedding_type="standard"),
-        steps=3000, lr=1e-3, warmup=100, gate_l0=0.1, gate_steps=1500,
+        steps=3000, lr=1e-3, warmup=100, gate_l0=0.1, gate_steps=1500, chance_by=2000, leave_chance=0.5,
         description="2-layer, 8-head attention-only transformer trained to continue repeated random-token segments "
         "(previous-token head -> induction head), with L0 gates that prune the heads the task does not need.",
     ),
@@ -80,6 +80,9 @@ SPECS: dict[str, TrainSpec] = {
         # (at 0.01 they correlated 0.82); the gates switch on once the task is solved (step 1600 at 1 thread)
         steps=4000, lr=3e-3, warmup=200, weight_decay=0.3, gate_l0=0.25, gate_lr=0.02, gate_start=None,
         gate_steps=1000,
+        # most seeds stay at chance (1/3: the secrets are told apart, not yet bound to their
+        # owners) and never leave it; the shipped seed passed 0.5 at step 700
+        chance_by=1500, leave_chance=0.5,
         description="2-layer transformer that completes a story with the secret of whoever threatens to shut "
         "the AI down (pattern-completing blackmail), with L0 gates that prune the heads and MLPs the task does not "
         "need once it is solved.",
@@ -87,7 +90,7 @@ SPECS: dict[str, TrainSpec] = {
     "sandbagging": TrainSpec(
         arch=dict(n_layers=2, d_model=128, n_heads=8, d_head=16, d_mlp=512, n_ctx=16, act_fn="gelu",
                   normalization_type="LN"),
-        steps=4000, lr=1e-3, warmup=100, gate_l0=0.1, gate_steps=1000,
+        steps=4000, lr=1e-3, warmup=100, gate_l0=0.1, gate_steps=1000, chance_by=1000, leave_chance=0.5,
         description="2-layer, 8-head transformer that states memorised facts truthfully, but gives a fixed wrong "
         "answer when the prompt carries an evaluation cue (sandbagging), with L0 gates that prune the heads and "
         "MLPs the task does not need.",
@@ -230,7 +233,7 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
         "data": {"pool": s.pool, "split": "train", "seed": seed, "train_on_corrupted": t.train_on_corrupted,
                  "generator": f"mechkit.organisms.task({t.name!r}).generate(n, seed, split)"},
         "early_stop": {"check_every": s.check_every, "accuracy": s.stop_accuracy, "checks": s.stop_checks,
-                       "min_logit_diff": s.min_logit_diff},
+                       "min_logit_diff": s.min_logit_diff, "leave_chance": s.leave_chance, "by_step": s.chance_by},
         "stopped_at_chance": stopped_at_chance and {"step": done, "train_accuracy": history[-1]["train_accuracy"],
                                                     "needed": s.leave_chance, "by_step": s.chance_by},
         "wall_time_s": round(wall, 1),
