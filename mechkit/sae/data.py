@@ -52,9 +52,10 @@ def load_source(
     check_source(source)
     kind, _, arg = source.partition(":")
     if kind == "task":
-        from mechkit.organisms import task
+        from mechkit.tasks import needs_model, task
 
-        return task(arg).generate(n, seed=seed, split=split)
+        # real-model tasks (ioi, capitals, ...) are written in the model's own tokens
+        return task(arg).generate(n, seed=seed, split=split, **({"model": model} if needs_model(arg) else {}))
     if kind == "tokens":
         tokens = load_file(arg)["tokens"][:n].long()
         if tokens.numel() == 0:

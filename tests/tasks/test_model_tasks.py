@@ -129,3 +129,15 @@ def test_bad_input_is_one_line(tokenizer):
         task("ioi", corruption="abd").generate(2, model=tokenizer)
     with pytest.raises(DataError, match="templates"):
         task("ioi", templates=[99]).generate(2, model=tokenizer)
+
+
+def test_sae_sources_of_real_model_tasks_are_in_the_models_tokens(smollm2):
+    """`mechkit sae cache MODEL --source task:ioi` reads the same pairs the task gives for the model."""
+    import torch
+
+    from mechkit.sae.data import load_source
+    from mechkit.tasks import task
+
+    got = load_source(smollm2, "task:ioi", n=4, seed=3, split="train")
+    want = task("ioi").generate(4, seed=3, split="train", model=smollm2)
+    assert torch.equal(got.clean, want.clean) and torch.equal(got.answer, want.answer)
