@@ -107,7 +107,6 @@ def _make_cache(work: Path, n_pairs: int) -> Path:
     if (cache / "manifest-rank000.json").exists():
         return cache
     import torch
-    from safetensors.torch import save_file
 
     import mechkit
     from mechkit.sae import write_cache
@@ -117,7 +116,6 @@ def _make_cache(work: Path, n_pairs: int) -> Path:
     model = mechkit.load_model("smollm2-135m", device="cpu")
     pairs = task("ioi").generate(n_pairs, seed=7, split="train", model=model)
     write_cache(model, pairs, cache, [HOOK], batch_size=64)
-    save_file({"n": torch.tensor([n_pairs])}, str(work / "cache-made.safetensors"))
     return cache
 
 

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mechkit.errors import DataError, MechkitError
+from mechkit.errors import DataError, MechkitError, one_line
 
 BACKENDS = ("auto", "gloo", "nccl")
 # a rank that stops without closing its sockets (a hung host) is given up on after this long;
@@ -101,7 +101,7 @@ def process_group(backend: str = "auto", device: str | torch.device | None = Non
     try:
         dist.init_process_group(backend, store=_attempt_store(world), rank=rank_, world_size=world, timeout=TIMEOUT)
     except (RuntimeError, ValueError) as err:
-        raise DataError(f"cannot join the process group of {world} ranks ({_one_line(err)}): "
+        raise DataError(f"cannot join the process group of {world} ranks ({one_line(err, 200)}): "
                         "launch with torchrun, which sets MASTER_ADDR and MASTER_PORT") from None
     try:
         yield
@@ -146,10 +146,6 @@ def shard(n: int, what: str = "prompt pairs") -> slice:
     return slice(start, start + base + (1 if r < extra else 0))
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200]
-
-
 def lost_reason(err: BaseException) -> str:
     """The gist of a backend's error: gloo's "[file:line] Read error [addr]:port: Connection reset
     by peer. This is typically..." becomes "Read error: Connection reset by peer"."""
@@ -158,7 +154,9 @@ def lost_reason(err: BaseException) -> str:
     return text[:120] or type(err).__name__
 
 
-def _collective(fn, *args) -> None:
+def collective(fn, *args) -> None:
+    """Call ``fn(*args)`` (a collective, or a backward pass whose hooks run one); a backend error
+    there means another rank stopped, and is raised as :class:`RankLostError`."""
     try:
         fn(*args)
     except RuntimeError as err:  # gloo/nccl: a peer closed its connection or timed out
@@ -176,17 +174,8 @@ def all_sum(value: Tensor | float) -> Tensor:
         t = t.cuda()
     elif dist.get_backend() == "gloo" and device.type != "cpu":
         t = t.cpu()
-    _collective(dist.all_reduce, t, dist.ReduceOp.SUM)
+    collective(dist.all_reduce, t, dist.ReduceOp.SUM)
     return t.to(device)
-
-
-def all_max(value: Tensor) -> Tensor:
-    """The element-wise maximum of ``value`` over ranks (on ``value``'s device)."""
-    if not active():
-        return value
-    t = value.clone()
-    _collective(dist.all_reduce, t, dist.ReduceOp.MAX)
-    return t
 
 
 def gather(value: Tensor, dim: int = 0) -> Tensor:
@@ -198,12 +187,12 @@ def gather(value: Tensor, dim: int = 0) -> Tensor:
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     moved = value.movedim(dim, 0).contiguous().to(device)
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
-    _collective(dist.all_gather, sizes, torch.tensor([moved.shape[0]], device=device))
+    collective(dist.all_gather, sizes, torch.tensor([moved.shape[0]], device=device))
     longest = int(max(s.item() for s in sizes))
     padded = torch.zeros(longest, *moved.shape[1:], dtype=moved.dtype, device=device)
     padded[: moved.shape[0]] = moved
     parts = [torch.empty_like(padded) for _ in range(world_size())]
-    _collective(dist.all_gather, parts, padded)
+    collective(dist.all_gather, parts, padded)
     out = torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
     return out.movedim(0, dim).to(value.device)
 
@@ -225,7 +214,7 @@ def agree(what: str, value: str) -> None:
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     mine = torch.tensor(list(hashlib.sha256(value.encode()).digest()), dtype=torch.long, device=device)
     every = [torch.empty_like(mine) for _ in range(world_size())]
-    _collective(dist.all_gather, every, mine)
+    collective(dist.all_gather, every, mine)
     differ = [r for r, d in enumerate(every) if not torch.equal(d, every[0])]
     if differ:
         raise DataError(f"ranks disagree on {what}: rank {differ[0]} differs from rank 0; every rank must load "
@@ -234,15 +223,18 @@ def agree(what: str, value: str) -> None:
 
 def barrier() -> None:
     if active():
-        _collective(dist.barrier)
+        collective(dist.barrier)
 
 
-def agree_on_inputs(model: torch.nn.Module, pairs, model_fingerprint: str | None = None) -> None:
-    """Refuse when ranks hold different weights or prompt pairs (a no-op without a group).
-    ``model_fingerprint``: the model's, when the caller has computed it already."""
+def agree_on_inputs(model: torch.nn.Module, data, model_fingerprint: str | None = None) -> None:
+    """Refuse when ranks hold different weights or data (``PromptPairs`` or token rows); a no-op
+    without a group. ``model_fingerprint``: the model's, when the caller has computed it already."""
     if not active():
         return
     from mechkit.models import fingerprint
 
     agree("the model fingerprint", model_fingerprint or fingerprint(model))
-    agree("the prompt pairs", tensor_digest(pairs.clean, pairs.corrupted, pairs.answer, pairs.wrong, pairs.answer_pos))
+    if isinstance(data, Tensor):
+        agree("the token rows", tensor_digest(data))
+    else:
+        agree("the prompt pairs", tensor_digest(data.clean, data.corrupted, data.answer, data.wrong, data.answer_pos))

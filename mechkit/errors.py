@@ -35,6 +35,12 @@ class DataError(MechkitError, ValueError):
     """User-supplied prompt data that cannot be used as given."""
 
 
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, at most ``limit`` characters."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def did_you_mean(name: str, valid: Iterable[str], n: int = 3) -> str:
     """A short hint listing the closest valid names, or a few valid names when none is close."""
     valid = list(valid)

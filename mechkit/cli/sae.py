@@ -54,7 +54,7 @@ def cache_cmd(
         parse_size(max_memory)
 
     from mechkit import distributed
-    from mechkit.models import fingerprint, load_model
+    from mechkit.models import load_model
     from mechkit.sae import ActivationCache, write_cache
     from mechkit.sae.data import load_source
 
@@ -62,9 +62,7 @@ def cache_cmd(
     with distributed.process_group(backend, device):
         model = load_model(spec, device=distributed.device_for_rank(device))
         data = load_source(model, source, n=n, seed=seed, split=split)
-        distributed.agree("the model fingerprint", fingerprint(model))
-        distributed.agree("the token source", distributed.tensor_digest(*(
-            (data.clean, data.corrupted, data.answer_pos) if hasattr(data, "clean") else (data,))))
+        distributed.agree_on_inputs(model, data)
         path = write_cache(model, data, out, hook, batch_size=batch_size, shard_tokens=shard_tokens, dtype=dtype,
                            skip_first=skip_first, max_memory=max_memory)
         distributed.barrier()  # the cache is whole once every rank has written its shards

@@ -88,12 +88,12 @@ def attribute(
     graph = Graph.from_model(model)
     # scores are means over prompts: score chunk by chunk, so that only one chunk's activations
     # and gradients exist at a time, and add up weighted by chunk size
-    plan = plan_chunks(model, graph, len(pairs[distributed.shard(len(pairs))]), pairs.clean.shape[1], grad=method != "exact",
-                       max_memory=max_memory, max_batch=max_batch)
     # under torchrun each rank scores its share of the pairs; the sums are added across ranks
     model_fingerprint = fingerprint(model)
     distributed.agree_on_inputs(model, pairs, model_fingerprint)
     mine = pairs[distributed.shard(len(pairs))]
+    plan = plan_chunks(model, graph, len(mine), pairs.clean.shape[1], grad=method != "exact",
+                       max_memory=max_memory, max_batch=max_batch)
     progress = progress and distributed.is_main()
     with mechkit_runs(model):
         shared = shared_ablation(model, graph, pairs, ablation, plan.prompts)

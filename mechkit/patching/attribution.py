@@ -96,7 +96,7 @@ def attribution_patch(
             source_sum += bound.score(*project(model, source_final, part, 0, scope), rows).double().sum().item()
         del source_acts, source_final
     if distributed.active():
-        totals = {h: distributed.all_sum(totals[h]).to(device=t.device, dtype=t.dtype) for h, t in totals.items()}
+        totals = {h: distributed.all_sum(t).to(dtype=t.dtype) for h, t in totals.items()}
         base_sum, source_sum = distributed.all_sum(torch.tensor([base_sum, source_sum])).tolist()
     clean_v, corr_v = (source_sum / n, base_sum / n) if direction == "denoising" else (base_sum / n, source_sum / n)
     if part_metric is not metric:  # the change of a normalised logit difference is the change's share

@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from mechkit.errors import ArtifactError, HookNameError, ShapeError
+from mechkit.errors import ArtifactError, HookNameError, ShapeError, one_line  # one_line: also imported from here
 
 SAE_CFG_FILENAME = "cfg.json"
 SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -30,12 +30,6 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
                 "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 _SHAPES = {"W_enc": ("d_in", "d_sae"), "W_dec": ("d_sae", "d_in"), "b_enc": ("d_sae",), "b_dec": ("d_in",),
            "threshold": ("d_sae",)}
-
-
-def one_line(err: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line, at most ``limit`` characters."""
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def regular_file(path: Path, what: str, hint: str) -> os.stat_result:

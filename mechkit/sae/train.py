@@ -387,13 +387,7 @@ class _DataParallelTrainer(SAETrainer):
                 self.n_forward_passes_since_fired[fired > 0] = 0
                 self.act_freq_scores += fired
                 self.n_frac_active_samples += self.cfg.train_batch_size_samples * distributed.world_size()
-        try:
-            out.loss.backward()  # DDP all-reduces (averages) the gradients here
-        except RuntimeError as err:
-            raise distributed.RankLostError(f"rank {distributed.rank()} lost its process group during the gradient "
-                                            f"all-reduce ({distributed.lost_reason(err)}): another rank stopped; "
-                                            "launch with torchrun --max-restarts N to resume from the last checkpoint"
-                                            ) from None
+        distributed.collective(out.loss.backward)  # DDP all-reduces (averages) the gradients here
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad()
