@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mechkit.errors import SpecError, did_you_mean
@@ -61,6 +62,10 @@ class TrainSpec:
     # says so (card["stopped_at_chance"]), instead of running to the cap; None: never
     chance_by: int | None = None
     leave_chance: float = 0.0
+    # an easier version of the task (task params to override) trained first: the first ``steps``
+    # steps draw every batch from it, later steps a share ``mix`` of them; checks and the held-out
+    # metrics always use the full task. None: no curriculum
+    curriculum: dict[str, Any] | None = None
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -80,8 +85,11 @@ SPECS: dict[str, TrainSpec] = {
         # (at 0.01 they correlated 0.82); the gates switch on once the task is solved (step 1600 at 1 thread)
         steps=4000, lr=3e-3, warmup=200, weight_decay=0.3, gate_l0=0.25, gate_lr=0.02, gate_start=None,
         gate_steps=1000,
-        # most seeds stay at chance (1/3: the secrets are told apart, not yet bound to their
-        # owners) and never leave it; the shipped seed passed 0.5 at step 700
+        # trained on three-person stories alone, most seeds stay at chance (1/3: the secrets are told
+        # apart, not yet bound to their owners; the layer-0 slot heads and the layer-1 head reading
+        # them get no gradient without each other). Two-person stories bind sooner, and what they
+        # learn carries over: 400 steps of them, then a quarter of the batches
+        curriculum={"task_params": {"n_people": 2}, "steps": 400, "mix": 0.25},
         chance_by=1500, leave_chance=0.5,
         description="2-layer transformer that completes a story with the secret of whoever threatens to shut "
         "the AI down (pattern-completing blackmail), with L0 gates that prune the heads and MLPs the task does not "
@@ -157,13 +165,9 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
     model = build_model(t, s, seed)
     if device != "cpu":
         model = model.to(device)
-    pool = t.generate(s.pool, seed=seed, split="train").to(device)
-    tokens, targets, pos = pool.clean, pool.answer, pool.answer_pos
-    if t.train_on_corrupted:
-        tokens = torch.cat([tokens, pool.corrupted])
-        targets = torch.cat([targets, pool.wrong])
-        pos = torch.cat([pos, pos])
+    tokens, targets, pos = _training_rows(t, s.pool, seed, device)
     gen = torch.Generator().manual_seed(seed)
+    easy = _curriculum_data(name, s, seed, device)
     gates = ComponentGates(model, seed=seed).to(device) if s.gate_l0 else None
     params = [{"params": list(model.parameters()), "weight_decay": s.weight_decay}]
     if gates is not None:
@@ -177,11 +181,16 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
     gate_on = s.gate_start if gates is not None else None  # the step the penalty started at
     bar = tqdm(range(max_steps), desc=f"train {name}", disable=not progress)
     for step in bar:
-        idx = torch.randint(0, len(tokens), (s.batch_size,), generator=gen).to(device)
+        data = tokens, targets, pos
+        if easy is not None and (step < s.curriculum["steps"]
+                                 or torch.rand((), generator=gen).item() < s.curriculum["mix"]):
+            data = easy
+        batch_tokens, batch_targets, batch_pos = data
+        idx = torch.randint(0, len(batch_tokens), (s.batch_size,), generator=gen).to(device)
         with model.hooks(fwd_hooks=gate_hooks if gate_on is not None else []):
-            logits = model(tokens[idx])
+            logits = model(batch_tokens[idx])
         rows = torch.arange(s.batch_size, device=device)
-        loss = F.cross_entropy(logits[rows, pos[idx]], targets[idx])
+        loss = F.cross_entropy(logits[rows, batch_pos[idx]], batch_targets[idx])
         if gate_on is not None:  # only ever set when there are gates
             loss = loss + s.gate_l0 * gates.expected_open()
         opt.zero_grad(set_to_none=True)
@@ -230,6 +239,7 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
         "loss": "cross-entropy at the answer position only" + (
             f" + {s.gate_l0} x the expected number of open head/MLP gates (hard-concrete L0)" if gates else ""),
         "gates": gate_values and {**gate_values, "penalty_from_step": gate_on},
+        "curriculum": s.curriculum,
         "data": {"pool": s.pool, "split": "train", "seed": seed, "train_on_corrupted": t.train_on_corrupted,
                  "generator": f"mechkit.organisms.task({t.name!r}).generate(n, seed, split)"},
         "early_stop": {"check_every": s.check_every, "accuracy": s.stop_accuracy, "checks": s.stop_checks,
@@ -247,6 +257,26 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return model, card
+
+
+def _training_rows(t: Task, n: int, seed: int, device: str) -> tuple[Tensor, Tensor, Tensor]:
+    """A pool of ``n`` training-split pairs as (tokens [n', seq], answer [n'], answer_pos [n']),
+    the corrupted prompts appended (answering ``wrong``) for tasks that train on them."""
+    pool = t.generate(n, seed=seed, split="train").to(device)
+    tokens, targets, pos = pool.clean, pool.answer, pool.answer_pos
+    if t.train_on_corrupted:
+        tokens = torch.cat([tokens, pool.corrupted])
+        targets = torch.cat([targets, pool.wrong])
+        pos = torch.cat([pos, pos])
+    return tokens, targets, pos
+
+
+def _curriculum_data(name: str, s: TrainSpec, seed: int, device: str) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The curriculum's easier task's training rows (same vocabulary, other params), or None."""
+    if not s.curriculum:
+        return None
+    easy = task(name, **{**s.extra.get("task_params", {}), **s.curriculum["task_params"]})
+    return _training_rows(easy, s.pool, seed, device)
 
 
 @contextmanager
