@@ -24,6 +24,7 @@ EXPECTED = [
     "06_your_own_model.ipynb",
     "07_real_model_ioi.ipynb",
     "08_real_model_organisms.ipynb",
+    "09_one_recipe_two_circuits.ipynb",
 ]
 CELL_TIMEOUT_S = 900  # a hang guard, far above any cell on a loaded machine
 
@@ -55,7 +56,7 @@ def _kernel_client(nb, cwd: Path):
     )
 
 
-def test_notebook_set_is_exactly_the_documented_eight():
+def test_notebook_set_is_exactly_the_documented_nine():
     found = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
     assert found == EXPECTED
 
