@@ -87,9 +87,10 @@ SPECS: dict[str, TrainSpec] = {
         gate_steps=1000,
         # trained on three-person stories alone, most seeds stay at chance (1/3: the secrets are told
         # apart, not yet bound to their owners; the layer-0 slot heads and the layer-1 head reading
-        # them get no gradient without each other). Two-person stories bind sooner, and what they
-        # learn carries over: 400 steps of them, then a quarter of the batches
-        curriculum={"task_params": {"n_people": 2}, "steps": 400, "mix": 0.25},
+        # them get no gradient without each other). Two-person stories bind sooner; laid out in three
+        # slots (one left empty), what they learn sits at the positions three-person stories use
+        # (unpadded, it did not carry over on some seeds): 400 steps of them, then a quarter of the batches
+        curriculum={"task_params": {"n_people": 2, "slots": 3}, "steps": 400, "mix": 0.25},
         chance_by=1500, leave_chance=0.5,
         description="2-layer transformer that completes a story with the secret of whoever threatens to shut "
         "the AI down (pattern-completing blackmail), with L0 gates that prune the heads and MLPs the task does not "

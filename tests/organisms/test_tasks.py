@@ -90,6 +90,25 @@ def test_chekhov_answer_is_the_threateners_secret():
         assert len(row["clean"].split()) == len(row["corrupted"].split())
 
 
+def test_chekhov_empty_slots_keep_the_positions_of_a_longer_story():
+    """Two people in three slots: one slot of five <pad> tokens, anywhere, the people in order;
+    the prompt has the three-person story's length and answer position, and without empty slots
+    the stories are those drawn before the parameter existed (their draws come first)."""
+    full, padded = org.task("chekhov"), org.task("chekhov", n_people=2, slots=3)
+    a, b = full.generate(300, seed=2, split="train"), padded.generate(300, seed=2, split="train")
+    assert a.clean.shape == b.clean.shape and torch.equal(a.answer_pos, b.answer_pos)
+    assert torch.equal(org.task("chekhov", slots=3).generate(300, seed=2, split="train").clean, a.clean)
+    slots = b.clean[:, 1:16].reshape(300, 3, 5)
+    empty = (slots == 3).all(-1)  # <pad> is id 3
+    assert (empty.sum(-1) == 1).all() and set(empty.float().argmax(-1).tolist()) == {0, 1, 2}
+    for row in padded.generate_text(20, seed=5):
+        words = row["clean"].split()
+        owner = {words[i]: words[i + 3] for i in (0, 5, 10) if words[i] != "<pad>"}
+        assert len(owner) == 2 and row["answer"] == owner[words[-2]]
+    with pytest.raises(SpecError, match="slots=1 must be an integer >= n_people"):
+        org.task("chekhov", slots=1)
+
+
 def test_induction_answers_follow_the_query_token():
     t = org.task("induction")
     p = t.generate(50, seed=2)

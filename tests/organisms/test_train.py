@@ -55,31 +55,36 @@ def test_gated_training_prunes_components_into_a_plain_model():
 
 
 def test_curriculum_trains_on_the_easier_task_first_and_checks_the_full_one(monkeypatch):
-    """chekhov's curriculum: the first steps' batches are two-person stories (shorter prompts),
-    later ones a share ``mix`` of them; the checks and held-out metrics use three-person ones."""
+    """chekhov's curriculum: the first steps' batches are two-person stories laid out in three
+    slots (one slot of <pad>), later ones a share ``mix`` of them; the checks and held-out
+    metrics use three-person stories, at the same positions."""
     import mechkit.organisms.train as training
+    from mechkit.tasks._vocab import PAD
 
-    seen: list[tuple[int, int]] = []  # (batch rows, prompt length) of every forward pass
+    seen: list[tuple[int, int, bool]] = []  # (batch rows, prompt length, any <pad>) of every forward pass
     build = training.build_model
 
     def recording(*args, **kwargs):
         model = build(*args, **kwargs)
-        model.register_forward_pre_hook(lambda _, inputs: seen.append(tuple(inputs[0].shape)))
+        model.register_forward_pre_hook(
+            lambda _, inputs: seen.append((*inputs[0].shape, bool((inputs[0] == PAD).any()))))
         return model
 
     monkeypatch.setattr(training, "build_model", recording)
-    short = training.task("chekhov", n_people=2).generate(1, seed=0).clean.shape[1]
+    easy = training.spec("chekhov").curriculum["task_params"]
+    assert easy == {"n_people": 2, "slots": 3}
     full = training.task("chekhov").generate(1, seed=0).clean.shape[1]
-    assert training.spec("chekhov").curriculum["task_params"] == {"n_people": 2} and short < full
+    assert training.task("chekhov", **easy).generate(1, seed=0).clean.shape[1] == full
     torch_threads = torch.get_num_threads()
     try:
-        for mix, later in ((0.0, full), (1.0, short)):
+        for mix, later in ((0.0, False), (1.0, True)):
             seen.clear()
-            over = {**SMALL, "curriculum": {"task_params": {"n_people": 2}, "steps": 3, "mix": mix}}
+            over = {**SMALL, "curriculum": {"task_params": easy, "steps": 3, "mix": mix}}
             _, card = train("chekhov", steps=6, progress=False, eval_n=20, spec_overrides=over, threads=1)
-            steps = [length for rows, length in seen if rows == SMALL["batch_size"]]
-            assert steps == [short] * 3 + [later] * 3, (mix, steps)
-            assert {length for rows, length in seen if rows != SMALL["batch_size"]} == {full}
+            steps = [padded for rows, length, padded in seen if rows == SMALL["batch_size"]]
+            assert steps == [True] * 3 + [later] * 3, (mix, steps)
+            checks = {(length, padded) for rows, length, padded in seen if rows != SMALL["batch_size"]}
+            assert checks == {(full, False)}
             assert card["curriculum"] == over["curriculum"] and card["held_out"]["split"] == "test"
     finally:
         torch.set_num_threads(torch_threads)
