@@ -24,6 +24,14 @@ separately, at the answer position only (``blocks.0.hook_resid_post`` is
 every position (after layer 0 the threatener's name has been copied to positions where the
 prompts are identical: the answer position and those layer 1 reads its keys from).
 
+``--rank activation`` ranks the features instead by their mean activation times decoder norm
+at the positions intervened on, over both prompts of the same training-split pairs
+(:func:`mechkit.sae.feature_strength`: how much each writes there, no labels used; sandbagging
+still keeps only the cue prompt's features); the size and the steering scale are chosen on those
+pairs as above. ``--sae DIR`` uses an SAE already trained (SAELens's on-disk format, e.g. a
+shipped one under ``bench/results/saes``) at its own hook, with no activation cache or training;
+``--where`` restricts the position sets tried.
+
 Writes ``targets.json``, the feature circuits (``*.circuit.json``, features as nodes) and a
 feature dashboard per organism under ``--out``.
 """
@@ -45,8 +53,10 @@ from mechkit.sae import (
     evaluate_sae,
     feature_circuit,
     feature_stats,
+    feature_strength,
     intervention_report,
     load_sae,
+    sae_hook,
     train_sae,
     write_cache,
     write_dashboard,
@@ -88,12 +98,30 @@ def positions(pairs, where: str) -> list[int] | None:
     return None if mask is None else mask.any(0).nonzero().flatten().tolist()
 
 
-def select(name: str, model, sae, pairs, attr, where: str):
+RANKS = ("attribution", "activation")
+RANK_TEXT = {"attribution": "attribution patching of the logit difference at the positions intervened on",
+             "activation": "mean activation x decoder norm at the positions intervened on, both prompts (no labels)"}
+
+
+def ranking(name: str, model, sae, pairs, attr, where: str, rank: str):
+    """``top(n)``: the n best features at the positions intervened on, by attribution, or by
+    mean activation x decoder norm there (label-free; features never active there are left out)."""
+    at = positions(pairs, where)
+    if rank == "attribution":
+        return lambda n: attr.top(n, present=PRESENT.get(name), positions=at)
+    allowed = set(attr.top(int(sae.cfg.d_sae), present=PRESENT.get(name), positions=at))
+    strength = feature_strength(model, sae, pairs, where=where)
+    order = [f for f in strength.argsort(descending=True).tolist() if strength[f] > 0 and f in allowed]
+    return lambda n: order[:n]
+
+
+def select(name: str, model, sae, pairs, attr, where: str, rank: str = "attribution"):
     """On training-split pairs: the smallest top-n feature set meeting the ablation targets (else
     the best tried), then the smallest steering scale that flips half the corrupted prompts."""
     tried = []
+    top = ranking(name, model, sae, pairs, attr, where, rank)
     for n in SIZES:
-        feats = attr.top(n, present=PRESENT.get(name), positions=positions(pairs, where))
+        feats = top(n)
         if tried and len(feats) == len(tried[-1][0]):
             break
         rep = intervention_report(model, sae, pairs, feats, where=where)
@@ -136,9 +164,10 @@ def what_they_encode(model, sae, pairs, feats) -> dict:
 SHIP_NAMES = {"sandbagging": "cue", "chekhov": "threatener"}
 
 
-def ship(name: str, hook: str, item: dict, out: Path, dest: Path) -> str:
+def ship(name: str, hook: str, item: dict, sae_dir: Path, dest: Path) -> str:
     """Copy a feature circuit and its SAE (SAELens's on-disk format) under ``dest``, the
-    circuit naming the SAE by a path relative to the circuit's folder."""
+    circuit naming the SAE by a path relative to the circuit's folder (an SAE already there,
+    as with ``--sae`` on a shipped one, is left as it is)."""
     import dataclasses
     import shutil
 
@@ -146,8 +175,9 @@ def ship(name: str, hook: str, item: dict, out: Path, dest: Path) -> str:
 
     sae_dest = dest / "saes" / f"{name}-{hook}"
     sae_dest.mkdir(parents=True, exist_ok=True)
-    for f in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
-        shutil.copyfile(out / name / "saes" / hook / f, sae_dest / f)
+    if sae_dest.resolve() != Path(sae_dir).resolve():
+        for f in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
+            shutil.copyfile(Path(sae_dir) / f, sae_dest / f)
     circuit = load_circuit(item["circuit"])
     hp = {**circuit.hyperparameters, "sae": sae_dest.relative_to(dest).as_posix()}
     path = dest / f"{name}-{SHIP_NAMES.get(name, 'task')}-features.circuit.json"
@@ -162,24 +192,34 @@ def run(name: str, args, out: Path) -> dict:
     train_pairs = t.generate(args.n_train, seed=0, split="train")
     select_pairs = t.generate(args.n_select, seed=2, split="train")
     test_pairs = t.generate(args.n_test, seed=1, split="test")
-    hooks = args.hooks or [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers - 1)] + [
-        f"blocks.{model.cfg.n_layers - 1}.hook_resid_mid", f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
-    cache = write_cache(model, train_pairs, out / name / "cache", hooks, batch_size=512, progress=False)
-    result: dict = {"organism": name, "d_model": model.cfg.d_model, "hooks": {}}
+    if args.sae:  # an SAE already trained, at its own hook
+        from mechkit.models import fingerprint
+
+        given = load_sae(args.sae, device=args.device)
+        if getattr(given.cfg.metadata, "mechkit_model_fingerprint", None) not in (None, fingerprint(model)):
+            raise SystemExit(f"{args.sae} was trained on other weights than organism:{name}'s")
+        hooks = [sae_hook(given)]
+    else:
+        hooks = args.hooks or [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers - 1)] + [
+            f"blocks.{model.cfg.n_layers - 1}.hook_resid_mid", f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+        cache = write_cache(model, train_pairs, out / name / "cache", hooks, batch_size=512, progress=False)
+    result: dict = {"organism": name, "d_model": model.cfg.d_model, "rank": args.rank, "hooks": {}}
+    sae_dirs: dict[str, Path] = {}
     for hook in hooks:
         cfg = TrainConfig(architecture="topk", expansion=8, k=args.k, steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, device=args.device, seed=0, **({"init": args.init} if args.init else {}))
-        sae_dir = out / name / "saes" / hook
+        sae_dir = sae_dirs[hook] = Path(args.sae) if args.sae else out / name / "saes" / hook
         t1 = time.time()
-        if not (args.reuse and (sae_dir / "cfg.json").is_file()):
+        if not args.sae and not (args.reuse and (sae_dir / "cfg.json").is_file()):
             train_sae(cache, hook, sae_dir, cfg)
         train_s = time.time() - t1
         sae = load_sae(sae_dir, device=args.device)
         ev = evaluate_sae(model, sae, test_pairs, batch_size=256)
         attr = attribute_features(model, sae, select_pairs, batch_size=256)
-        entry = {"eval": ev.to_dict(), "train": asdict(cfg), "train_seconds": round(train_s, 1), "interventions": {}}
-        for where in WHERE.get(name, ("all",)):
-            feats, scale, tried = select(name, model, sae, select_pairs, attr, where)
+        entry = {"eval": ev.to_dict(), "train": {"sae": str(sae_dir)} if args.sae else asdict(cfg),
+                 "train_seconds": round(train_s, 1), "interventions": {}}
+        for where in args.where or WHERE.get(name, ("all",)):
+            feats, scale, tried = select(name, model, sae, select_pairs, attr, where, args.rank)
             final = intervention_report(model, sae, test_pairs, feats, steer_scale=scale, where=where)
             item = {"selection": {"pairs": select_pairs.task, "tried": tried}, "features": feats,
                     "steer_scale": scale, "held_out": asdict(final), "passes": passes(name, final)}
@@ -189,7 +229,8 @@ def run(name: str, args, out: Path) -> dict:
                 item["encodes"] = what_they_encode(model, sae, test_pairs, feats)
             circuit = feature_circuit(
                 model, f"organism:{name}", attr, feats, task=select_pairs.task,
-                hyperparameters={"sae": str(sae_dir), "where": where, "selection": "smallest top-n meeting the "
+                hyperparameters={"sae": str(sae_dir), "where": where, "rank": RANK_TEXT[args.rank],
+                                 "selection": "smallest top-n meeting the "
                                  "ablation targets on training-split pairs", "steer_scale": scale,
                                  "held_out": asdict(final), "held_out_task": test_pairs.task,
                                  "passes": item["passes"]})
@@ -214,7 +255,7 @@ def run(name: str, args, out: Path) -> dict:
         return max(item_rank(i) for i in result["hooks"][hook]["interventions"].values())
 
     best = max(hooks, key=rank)
-    sae = load_sae(out / name / "saes" / best, device=args.device)
+    sae = load_sae(sae_dirs[best], device=args.device)
     stats = feature_stats(model, sae, test_pairs)
     item = max(result["hooks"][best]["interventions"].values(), key=item_rank)
     feats = item["features"]
@@ -222,7 +263,7 @@ def run(name: str, args, out: Path) -> dict:
                     title=f"organism:{name} {best}")
     result["best_hook"] = best
     if args.ship:  # the circuit's hyperparameters record whether it passes
-        result["shipped"] = ship(name, best, item, out, Path(args.ship))
+        result["shipped"] = ship(name, best, item, sae_dirs[best], Path(args.ship))
     result["seconds"] = round(time.time() - t0, 1)
     return result
 
@@ -243,11 +284,19 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="SAE initialisation (TrainConfig.init); default: mechkit's")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--reuse", action="store_true", help="keep SAEs already trained under --out")
+    ap.add_argument("--rank", choices=RANKS, default="attribution", help="how features are ranked before "
+                    "choosing the top n: attribution, or mean activation x decoder norm where intervened on")
+    ap.add_argument("--sae", default=None, help="an SAE already trained (folder, SAELens format): use it at its "
+                    "hook instead of caching activations and training (one organism)")
+    ap.add_argument("--where", nargs="+", default=None, choices=("all", "diff", "answer"),
+                    help="position sets to intervene at (default: per organism)")
     ap.add_argument("--ship", default=None, help="copy each organism's best feature circuit (passing if "
                     "any does) and its SAE here (e.g. bench/results)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.sae and len(args.organisms) != 1:
+        ap.error("--sae takes one organism")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"args": vars(args), "torch_threads": torch.get_num_threads(), "organisms": {}}

@@ -2,10 +2,12 @@
 
     MECHKIT_CACHE=... .venv/bin/python bench/threatener_bound.py [--organisms organism:chekhov PATH ...]
 
-The chekhov threatener-feature circuit misses its ablation target (zeroing the chosen SAE
+The chekhov threatener-feature circuit missed its ablation target (zeroing the chosen SAE
 features should leave <= 50% of held-out prompts naming the threatener's secret; the 192
-``blocks.0.hook_resid_pre`` features at the threatener's two mentions leave 72.6%). This asks
-whether *any* feature set at a single hook could meet it. Ablating SAE features at a hook and
+attribution-ranked ``blocks.0.hook_resid_pre`` features at the threatener's two mentions left
+72.6%; ``bench/sae_targets.py --rank activation`` now ships 128 that meet it, and the "shipped"
+rows below are whichever circuit is shipped). This asks whether *any* feature set at a single
+hook could meet it. Ablating SAE features at a hook and
 positions replaces the features chosen and keeps the rest of the residual stream there (the
 features not chosen and the SAE's error term), so it removes at most what replacing the whole
 residual at those positions removes. For each organism, each hook (``blocks.0.hook_resid_pre``,
@@ -132,7 +134,7 @@ def sae_rows(model, pairs, select_pairs) -> dict | None:
     """The shipped SAE at the mentions, if it was trained on this model's weights: features
     firing there, and :func:`mechkit.sae.intervention_report` (``where="diff"``, the mentions) for
     the shipped features, every feature, and the top n firing on ``select_pairs``."""
-    from mechkit.sae import intervention_report, load_sae
+    from mechkit.sae import feature_strength, intervention_report, load_sae
 
     sae = load_sae(SAE_DIR)
     if sae.cfg.metadata.mechkit_model_fingerprint != fingerprint(model):
@@ -146,10 +148,10 @@ def sae_rows(model, pairs, select_pairs) -> dict | None:
             return torch.cat([sae.encode(model.run_with_cache(tokens, names_filter=[hook])[1][hook])[mentions]
                               for tokens in (pp.clean, pp.corrupted)])
 
-    acts, select = at_mentions(pairs), at_mentions(select_pairs)
+    acts = at_mentions(pairs)
     firing = (acts > 0).any(0)
-    strength = select.mean(0) * sae.W_dec.detach().norm(dim=1)
-    ranked = [int(i) for i in strength.argsort(descending=True)[: int((select > 0).any(0).sum())]]
+    strength = feature_strength(model, sae, select_pairs, where="diff")  # as sae_targets.py --rank activation
+    ranked = [int(i) for i in strength.argsort(descending=True)[: int((strength > 0).sum())]]
 
     def report(feats) -> dict:
         r = intervention_report(model, sae, pairs, list(feats), where="diff")

@@ -25,6 +25,7 @@ from mechkit.sae.attribution import (
     attribute_features as attribute_features,
     feature_circuit as feature_circuit,
     feature_intervention as feature_intervention,
+    feature_strength as feature_strength,
     intervention_report as intervention_report,
     verify_feature_circuit as verify_feature_circuit,
 )

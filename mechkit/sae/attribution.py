@@ -208,6 +208,35 @@ def where_mask(pairs: PromptPairs, where: str) -> Bool[Tensor, "batch pos"] | No
 
 
 @torch.no_grad()
+def feature_strength(
+    model: HookedTransformer, sae: SAE, pairs: PromptPairs, hook: str | None = None, where: str = "all",
+    batch_size: int = 256,
+) -> Float[Tensor, " feature"]:
+    """Each feature's mean activation times its decoder norm over the tokens ``where`` selects
+    (as in :func:`intervention_report`; ``"all"``: every position up to the answer), on both
+    prompts of every pair: how much it writes into the residual stream there, with no labels
+    used. ``strength.argsort(descending=True)`` ranks the features; one never active there is 0."""
+    if where not in WHERE:
+        from mechkit.errors import DataError
+
+        raise DataError(f"where must be one of {', '.join(WHERE)}, got {where!r}")
+    hook = check_hook_name(model, sae_hook(sae, hook))
+    device = model.cfg.device
+    sae = sae.to(device)
+    total = torch.zeros(sae.cfg.d_sae, device=device)
+    count = 0
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size].to(device)
+        at = where_mask(batch, where)
+        at = _masks(batch, device) if at is None else at.to(device)
+        for tokens in (batch.clean, batch.corrupted):
+            _, cache = model.run_with_cache(tokens, names_filter=[hook])
+            total += sae.encode(cache[hook])[at].float().sum(0)
+            count += int(at.sum())
+    return (total / max(count, 1) * sae.W_dec.detach().float().norm(dim=1)).cpu()
+
+
+@torch.no_grad()
 def intervention_report(
     model: HookedTransformer, sae: SAE, pairs: PromptPairs, features: Sequence[int], hook: str | None = None,
     batch_size: int = 256, steer_scale: float = 1.0, where: str = "all",

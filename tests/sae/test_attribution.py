@@ -7,7 +7,13 @@ import torch
 from mechkit._types import Node, PromptPairs
 from mechkit.errors import DataError
 from mechkit.metrics import logit_diff
-from mechkit.sae import attribute_features, feature_circuit, feature_intervention, intervention_report
+from mechkit.sae import (
+    attribute_features,
+    feature_circuit,
+    feature_intervention,
+    feature_strength,
+    intervention_report,
+)
 from tests.conftest import tiny_hooked
 from tests.sae.test_evaluate import HOOK, _identity_sae
 
@@ -74,6 +80,24 @@ def test_interventions_equal_direct_edits():
     steered = intervention_report(model, sae, p, all_features, batch_size=4, steer_scale=2.0)
     assert steered.steer_scale == 2.0 and steered.ablated_clean_gives_answer == report.ablated_clean_gives_answer
     assert steered.patched_corrupted_gives_answer == float((doubled == p.answer).float().mean())
+
+
+def test_feature_strength_is_mean_activation_times_decoder_norm_where_intervened():
+    model, sae, pairs = tiny_hooked(), _identity_sae(), _pairs()
+    with torch.no_grad():
+        sae.W_dec[0] *= 3  # the decoder norm scales the feature's strength
+    _, clean = model.run_with_cache(pairs.clean, names_filter=[HOOK])
+    _, corr = model.run_with_cache(pairs.corrupted, names_filter=[HOOK])
+    both = torch.stack([clean[HOOK], corr[HOOK]])  # [2, batch, pos, d]
+    feats = torch.cat([both.relu(), (-both).relu()], -1)  # the identity SAE's activations
+    norms = torch.ones(32)
+    norms[0] = 3
+    for where, mask in (("diff", pairs.clean != pairs.corrupted),
+                        ("all", torch.arange(8)[None] <= pairs.answer_pos[:, None])):
+        want = feats[:, mask].reshape(-1, 32).mean(0) * norms
+        torch.testing.assert_close(feature_strength(model, sae, pairs, where=where, batch_size=4), want)
+    with pytest.raises(DataError):
+        feature_strength(model, sae, pairs, where="nowhere")
 
 
 def test_feature_circuit_nodes():
