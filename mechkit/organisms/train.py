@@ -12,6 +12,7 @@ whose expected number of open gates joins the loss; the early stop then also wai
 ``gate_steps`` steps of pruning, and the final gates are folded into the saved weights.
 """
 
+import json
 import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,10 +63,11 @@ class TrainSpec:
     # says so (card["stopped_at_chance"]), instead of running to the cap; None: never
     chance_by: int | None = None
     leave_chance: float = 0.0
-    # an easier version of the task (task params to override) trained first: the first ``steps``
-    # steps draw every batch from it, later steps a share ``mix`` of them; checks and the held-out
-    # metrics always use the full task. None: no curriculum
-    curriculum: dict[str, Any] | None = None
+    # a curriculum: phases of training data, each {"steps": N (None: every later step), "batches":
+    # [[share, task params (overriding the task's), or None for the full task], ...]}; each step
+    # draws its batch's task by share. After the last phase, the full task. Checks and held-out
+    # metrics always use the full task. None: the full task throughout
+    curriculum: list[dict[str, Any]] | None = None
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -87,10 +89,15 @@ SPECS: dict[str, TrainSpec] = {
         gate_steps=1000,
         # trained on three-person stories alone, most seeds stay at chance (1/3: the secrets are told
         # apart, not yet bound to their owners; the layer-0 slot heads and the layer-1 head reading
-        # them get no gradient without each other). Two-person stories bind sooner; laid out in three
-        # slots (one left empty), what they learn sits at the positions three-person stories use
-        # (unpadded, it did not carry over on some seeds): 400 steps of them, then a quarter of the batches
-        curriculum={"task_params": {"n_people": 2, "slots": 3}, "steps": 400, "mix": 0.25},
+        # them get no gradient without each other). Two-person stories are learnt within 200 steps,
+        # but by position, which does not carry over to three people on every seed; laid out in three
+        # slots (one left empty, anywhere) they need the binding, but from scratch some seeds never
+        # learn them. Both in turn, then a quarter of the batches (seeds 4, 11, 12: see BENCHMARKS.md)
+        curriculum=[
+            {"steps": 300, "batches": [[1.0, {"n_people": 2}]]},
+            {"steps": 400, "batches": [[1.0, {"n_people": 2, "slots": 3}]]},
+            {"steps": None, "batches": [[0.25, {"n_people": 2, "slots": 3}], [0.75, None]]},
+        ],
         chance_by=1500, leave_chance=0.5,
         description="2-layer transformer that completes a story with the secret of whoever threatens to shut "
         "the AI down (pattern-completing blackmail), with L0 gates that prune the heads and MLPs the task does not "
@@ -168,7 +175,7 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
         model = model.to(device)
     tokens, targets, pos = _training_rows(t, s.pool, seed, device)
     gen = torch.Generator().manual_seed(seed)
-    easy = _curriculum_data(name, s, seed, device)
+    pools = _curriculum_pools(name, s, seed, device, full=(tokens, targets, pos))
     gates = ComponentGates(model, seed=seed).to(device) if s.gate_l0 else None
     params = [{"params": list(model.parameters()), "weight_decay": s.weight_decay}]
     if gates is not None:
@@ -182,11 +189,7 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
     gate_on = s.gate_start if gates is not None else None  # the step the penalty started at
     bar = tqdm(range(max_steps), desc=f"train {name}", disable=not progress)
     for step in bar:
-        data = tokens, targets, pos
-        if easy is not None and (step < s.curriculum["steps"]
-                                 or torch.rand((), generator=gen).item() < s.curriculum["mix"]):
-            data = easy
-        batch_tokens, batch_targets, batch_pos = data
+        batch_tokens, batch_targets, batch_pos = pools[_batch_task(s.curriculum, step, gen)]
         idx = torch.randint(0, len(batch_tokens), (s.batch_size,), generator=gen).to(device)
         with model.hooks(fwd_hooks=gate_hooks if gate_on is not None else []):
             logits = model(batch_tokens[idx])
@@ -272,12 +275,39 @@ def _training_rows(t: Task, n: int, seed: int, device: str) -> tuple[Tensor, Ten
     return tokens, targets, pos
 
 
-def _curriculum_data(name: str, s: TrainSpec, seed: int, device: str) -> tuple[Tensor, Tensor, Tensor] | None:
-    """The curriculum's easier task's training rows (same vocabulary, other params), or None."""
-    if not s.curriculum:
-        return None
-    easy = task(name, **{**s.extra.get("task_params", {}), **s.curriculum["task_params"]})
-    return _training_rows(easy, s.pool, seed, device)
+def _key(params: dict[str, Any] | None) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def _curriculum_pools(name: str, s: TrainSpec, seed: int, device: str,
+                      full: tuple[Tensor, Tensor, Tensor]) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+    """Training rows per task of the curriculum (same vocabulary, other params), keyed by
+    :func:`_key` of their params; the full task's under ``_key(None)``."""
+    pools = {_key(None): full}
+    for phase in s.curriculum or []:
+        for _, params in phase["batches"]:
+            if _key(params) not in pools:
+                easier = task(name, **{**s.extra.get("task_params", {}), **params})
+                pools[_key(params)] = _training_rows(easier, s.pool, seed, device)
+    return pools
+
+
+def _batch_task(curriculum: list[dict[str, Any]] | None, step: int, gen: torch.Generator) -> str:
+    """The key of the task step ``step`` trains on; draws from ``gen`` only where a phase mixes tasks."""
+    start = 0
+    for phase in curriculum or []:
+        if phase["steps"] is None or step < start + phase["steps"]:
+            batches = phase["batches"]
+            if len(batches) == 1:
+                return _key(batches[0][1])
+            r = torch.rand((), generator=gen).item()
+            for share, params in batches:
+                if r < share:
+                    return _key(params)
+                r -= share
+            return _key(batches[-1][1])
+        start += phase["steps"]
+    return _key(None)
 
 
 @contextmanager

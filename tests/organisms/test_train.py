@@ -54,10 +54,9 @@ def test_gated_training_prunes_components_into_a_plain_model():
     assert ComponentGates.deterministic(torch.tensor([5.0, -5.0])).tolist() == [1.0, 0.0]
 
 
-def test_curriculum_trains_on_the_easier_task_first_and_checks_the_full_one(monkeypatch):
-    """chekhov's curriculum: the first steps' batches are two-person stories laid out in three
-    slots (one slot of <pad>), later ones a share ``mix`` of them; the checks and held-out
-    metrics use three-person stories, at the same positions."""
+def test_curriculum_phases_train_on_easier_tasks_and_check_the_full_one(monkeypatch):
+    """A curriculum's phases in order (two people, then two people in three slots, one slot of
+    <pad>), then the full task; checks and held-out metrics always use three-person stories."""
     import mechkit.organisms.train as training
     from mechkit.tasks._vocab import PAD
 
@@ -71,24 +70,34 @@ def test_curriculum_trains_on_the_easier_task_first_and_checks_the_full_one(monk
         return model
 
     monkeypatch.setattr(training, "build_model", recording)
-    easy = training.spec("chekhov").curriculum["task_params"]
-    assert easy == {"n_people": 2, "slots": 3}
+    two, two_in_three = {"n_people": 2}, {"n_people": 2, "slots": 3}
+    phases = [batch for phase in training.spec("chekhov").curriculum for _, batch in phase["batches"]]
+    assert two in phases and two_in_three in phases
     full = training.task("chekhov").generate(1, seed=0).clean.shape[1]
-    assert training.task("chekhov", **easy).generate(1, seed=0).clean.shape[1] == full
+    short = training.task("chekhov", **two).generate(1, seed=0).clean.shape[1]
+    assert short < full == training.task("chekhov", **two_in_three).generate(1, seed=0).clean.shape[1]
+    curriculum = [{"steps": 2, "batches": [[1.0, two]]}, {"steps": 3, "batches": [[1.0, two_in_three]]}]
     torch_threads = torch.get_num_threads()
     try:
-        for mix, later in ((0.0, False), (1.0, True)):
-            seen.clear()
-            over = {**SMALL, "curriculum": {"task_params": easy, "steps": 3, "mix": mix}}
-            _, card = train("chekhov", steps=6, progress=False, eval_n=20, spec_overrides=over, threads=1)
-            steps = [padded for rows, length, padded in seen if rows == SMALL["batch_size"]]
-            assert steps == [True] * 3 + [later] * 3, (mix, steps)
-            checks = {(length, padded) for rows, length, padded in seen if rows != SMALL["batch_size"]}
-            assert checks == {(full, False)}
-            assert card["curriculum"] == over["curriculum"] and card["held_out"]["split"] == "test"
+        _, card = train("chekhov", steps=7, progress=False, eval_n=20, threads=1,
+                        spec_overrides={**SMALL, "curriculum": curriculum})
     finally:
         torch.set_num_threads(torch_threads)
         torch.use_deterministic_algorithms(False)
+    steps = [(length, padded) for rows, length, padded in seen if rows == SMALL["batch_size"]]
+    assert steps == [(short, False)] * 2 + [(full, True)] * 3 + [(full, False)] * 2
+    assert {(length, padded) for rows, length, padded in seen if rows != SMALL["batch_size"]} == {(full, False)}
+    assert card["curriculum"] == curriculum and card["held_out"]["split"] == "test"
+
+
+def test_curriculum_mixes_tasks_by_share():
+    from mechkit.organisms.train import _batch_task, _key
+
+    gen = torch.Generator().manual_seed(0)
+    mixed = [{"steps": None, "batches": [[0.25, {"n_people": 2}], [0.75, None]]}]
+    picks = [_batch_task(mixed, step, gen) for step in range(4000)]
+    assert abs(picks.count(_key({"n_people": 2})) / 4000 - 0.25) < 0.03
+    assert _batch_task([{"steps": 5, "batches": [[1.0, {"n_people": 2}]]}], 5, gen) == _key(None)
 
 
 def _cli(monkeypatch, capsys, *args):
