@@ -45,7 +45,6 @@ Writes ``--out`` (JSON) and prints a table per organism.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -59,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 from mechkit.metrics import accuracy  # noqa: E402
 from mechkit.models import fingerprint, load_model, organisms_dir  # noqa: E402
 from mechkit.organisms import task  # noqa: E402
+from mechkit.organisms.train import _cpu_name  # noqa: E402
 
 HOOKS = ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post")
 SETS = ("mentions", "answer", "owner", "mentions+answer", "L0 copies", "mentions+L0 copies", "first mention on", "all")
@@ -70,16 +70,6 @@ CIRCUIT = ROOT / "bench" / "results" / "chekhov-threatener-features.circuit.json
 
 def commit() -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def card_of(spec: str) -> dict:
@@ -227,7 +217,7 @@ def main() -> None:
     parser.add_argument("--select-seed", type=int, default=2, help="training-split pairs ranking the SAE features")
     parser.add_argument("--copy-threshold", type=float, default=0.3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--machine", default=f"{os.cpu_count()}-core CPU ({cpu_name()}), shared with another job")
+    parser.add_argument("--machine", default=f"{os.cpu_count()}-core CPU ({_cpu_name()}), shared with another job")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "threatener-bound-cpu.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
