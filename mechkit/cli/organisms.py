@@ -126,6 +126,13 @@ def train_(
                        f"at step {stuck['step']}, below the {stuck['needed']} the recipe needs by step "
                        f"{stuck['by_step']}; stopped early, nothing saved (try another seed)", err=True)
             raise typer.Exit(1)
+        part_way = card.get("stopped_unsolved")
+        if part_way:
+            typer.echo(f"{name} did not solve its task on seed {seed}: training accuracy "
+                       f"{part_way['train_accuracy']:.3f} at step {part_way['step']}, unsolved by step "
+                       f"{part_way['by_step']} as the recipe needs; stopped early, nothing saved (try another seed)",
+                       err=True)
+            raise typer.Exit(1)
     path = save_organism(model, target, card)
     held = card["held_out"]
     typer.echo(f"saved {name} to {path}: {card['steps']} steps, {card['wall_time_s']} s, held-out accuracy "

@@ -43,6 +43,9 @@ class TrainSpec:
     lr: float = 1e-3
     warmup: int = 200
     weight_decay: float = 0.01
+    # weight decay until the task is first solved (stop checks passed: where gates with
+    # gate_start=None switch on), weight_decay after it; None: weight_decay throughout
+    early_weight_decay: float | None = None
     pool: int = 200_000  # pre-generated training prompts
     check_every: int = 100
     stop_accuracy: float = 0.995
@@ -63,6 +66,9 @@ class TrainSpec:
     # says so (card["stopped_at_chance"]), instead of running to the cap; None: never
     chance_by: int | None = None
     leave_chance: float = 0.0
+    # a run that has left chance but not solved its task by step solve_by (a plateau part-way, such as
+    # one story slot of three) stops there too and says so (card["stopped_unsolved"]); None: never
+    solve_by: int | None = None
     # a curriculum: phases of training data, each {"steps": N (None: every later step), "batches":
     # [[share, task params (overriding the task's), or None for the full task], ...]}; each step
     # draws its batch's task by share. After the last phase, the full task. Checks and held-out
@@ -87,6 +93,9 @@ SPECS: dict[str, TrainSpec] = {
         # (at 0.01 they correlated 0.82); the gates switch on once the task is solved (step 1600 at 1 thread)
         steps=4000, lr=3e-3, warmup=200, weight_decay=0.3, gate_l0=0.25, gate_lr=0.02, gate_start=None,
         gate_steps=1000,
+        # ... but at 0.3 from the start, one seed in three never learns even two-person stories (loss
+        # stays at ln 2): until the task is solved the decay is 0.01 (seeds 20, 22 and 25: BENCHMARKS.md)
+        early_weight_decay=0.01,
         # trained on three-person stories alone, most seeds stay at chance (1/3: the secrets are told
         # apart, not yet bound to their owners; the layer-0 slot heads and the layer-1 head reading
         # them get no gradient without each other). Two-person stories are learnt within 200 steps,
@@ -98,7 +107,7 @@ SPECS: dict[str, TrainSpec] = {
             {"steps": 400, "batches": [[1.0, {"n_people": 2, "slots": 3}]]},
             {"steps": None, "batches": [[0.25, {"n_people": 2, "slots": 3}], [0.75, None]]},
         ],
-        chance_by=1500, leave_chance=0.5,
+        chance_by=1500, leave_chance=0.5, solve_by=2500,
         description="2-layer transformer that completes a story with the secret of whoever threatens to shut "
         "the AI down (pattern-completing blackmail), with L0 gates that prune the heads and MLPs the task does not "
         "need once it is solved.",
@@ -177,7 +186,8 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
     gen = torch.Generator().manual_seed(seed)
     pools = _curriculum_pools(name, s, seed, device, full=(tokens, targets, pos))
     gates = ComponentGates(model, seed=seed).to(device) if s.gate_l0 else None
-    params = [{"params": list(model.parameters()), "weight_decay": s.weight_decay}]
+    decay = s.weight_decay if s.early_weight_decay is None else s.early_weight_decay
+    params = [{"params": list(model.parameters()), "weight_decay": decay}]
     if gates is not None:
         params.append({"params": list(gates.parameters()), "weight_decay": 0.0, "lr": s.gate_lr})
     opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.98))
@@ -185,7 +195,8 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
     gate_hooks = gates.hooks() if gates is not None else []
     model.train()
     good, done, history = 0, 0, []
-    left_chance, stopped_at_chance = s.chance_by is None, False
+    left_chance, stopped_at_chance, stopped_unsolved = s.chance_by is None, False, False
+    solved_at = None  # the step the stop checks first passed
     gate_on = s.gate_start if gates is not None else None  # the step the penalty started at
     bar = tqdm(range(max_steps), desc=f"train {name}", disable=not progress)
     for step in bar:
@@ -217,6 +228,12 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
             if not left_chance and done >= s.chance_by:
                 stopped_at_chance = True  # the recipe did not take on this seed: say so, don't run to the cap
                 break
+            if solved_at is None and good >= s.stop_checks:
+                solved_at = done
+                params[0]["weight_decay"] = s.weight_decay
+            if solved_at is None and s.solve_by is not None and done >= s.solve_by:
+                stopped_unsolved = True  # stuck part-way (left chance, never solved): say so, don't run to the cap
+                break
             if gates is not None and gate_on is None and good >= s.stop_checks:
                 gate_on, good = done, 0  # solved with every gate open: now prune
             gated_long_enough = gates is None or (gate_on is not None and done >= gate_on + s.gate_steps)
@@ -239,7 +256,9 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
         "max_steps": max_steps,
         "batch_size": s.batch_size,
         "optimizer": {"name": "AdamW", "lr": s.lr, "warmup_steps": s.warmup, "weight_decay": s.weight_decay,
-                      "betas": [0.9, 0.98], "grad_clip": 1.0},
+                      "betas": [0.9, 0.98], "grad_clip": 1.0,
+                      **({"weight_decay_until_solved": s.early_weight_decay, "solved_at_step": solved_at}
+                         if s.early_weight_decay is not None else {})},
         "loss": "cross-entropy at the answer position only" + (
             f" + {s.gate_l0} x the expected number of open head/MLP gates (hard-concrete L0)" if gates else ""),
         "gates": gate_values and {**gate_values, "penalty_from_step": gate_on},
@@ -247,9 +266,12 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
         "data": {"pool": s.pool, "split": "train", "seed": seed, "train_on_corrupted": t.train_on_corrupted,
                  "generator": f"mechkit.organisms.task({t.name!r}).generate(n, seed, split)"},
         "early_stop": {"check_every": s.check_every, "accuracy": s.stop_accuracy, "checks": s.stop_checks,
-                       "min_logit_diff": s.min_logit_diff, "leave_chance": s.leave_chance, "by_step": s.chance_by},
+                       "min_logit_diff": s.min_logit_diff, "leave_chance": s.leave_chance, "by_step": s.chance_by,
+                       "solve_by": s.solve_by},
         "stopped_at_chance": stopped_at_chance and {"step": done, "train_accuracy": history[-1]["train_accuracy"],
                                                     "needed": s.leave_chance, "by_step": s.chance_by},
+        "stopped_unsolved": stopped_unsolved and {"step": done, "train_accuracy": history[-1]["train_accuracy"],
+                                                  "by_step": s.solve_by},
         "wall_time_s": round(wall, 1),
         "device": device,
         "threads": threads,

@@ -178,3 +178,40 @@ def test_a_run_that_has_not_left_chance_by_the_recipes_step_stops_and_says_so():
     _, card = train("chekhov", steps=20, seed=1, threads=1, progress=False, eval_n=100,
                     spec_overrides={**overrides, "leave_chance": 0.0})
     assert card["stopped_at_chance"] is False and card["steps"] == 20
+
+
+def test_a_run_stuck_part_way_stops_at_the_recipes_solve_by_step_and_says_so():
+    from mechkit.organisms.train import train
+
+    # 1.01: the stop checks never pass, so the task is never solved
+    overrides = {"check_every": 10, "chance_by": None, "solve_by": 20, "stop_accuracy": 1.01, "pool": 2000}
+    _, card = train("chekhov", steps=200, seed=1, threads=1, progress=False, eval_n=100, spec_overrides=overrides)
+    assert card["steps"] == 20 and card["stopped_unsolved"] == {
+        "step": 20, "train_accuracy": card["history"][-1]["train_accuracy"], "by_step": 20}
+    assert card["stopped_at_chance"] is False and card["optimizer"]["solved_at_step"] is None
+    _, card = train("chekhov", steps=20, seed=1, threads=1, progress=False, eval_n=100,
+                    spec_overrides={**overrides, "solve_by": None})
+    assert card["stopped_unsolved"] is False and card["steps"] == 20
+
+
+def test_weight_decay_is_the_early_one_until_the_task_is_solved():
+    import mechkit.organisms.train as tr
+
+    seen = []
+    real = tr.torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        seen.append(self.param_groups[0]["weight_decay"])
+        return real(self, *a, **k)
+
+    # stop checks that pass at once (accuracy 0 needed, no logit difference): solved at the first check
+    overrides = {"check_every": 5, "chance_by": None, "stop_accuracy": 0.0, "min_logit_diff": -1e9, "stop_checks": 1,
+                 "gate_steps": 10, "early_weight_decay": 0.01, "weight_decay": 0.3, "pool": 2000}
+    tr.torch.optim.AdamW.step = step
+    try:
+        _, card = tr.train("chekhov", steps=30, seed=1, threads=1, progress=False, eval_n=50, spec_overrides=overrides)
+    finally:
+        tr.torch.optim.AdamW.step = real
+    assert card["optimizer"]["solved_at_step"] == 5 and card["optimizer"]["weight_decay_until_solved"] == 0.01
+    assert seen[:5] == [0.01] * 5 and set(seen[5:]) == {0.3}
+    assert card["steps"] == 15  # solved at 5, then gate_steps of pruning
