@@ -26,9 +26,9 @@ demo: $(STAMP)
 	$(BIN)/mechkit demo
 
 # two workers (pytest-xdist), one torch thread each (tests/conftest.py); a module's tests stay on
-# one worker, so a module's models load once
+# one worker, so a module's models load once; the 20 slowest tests are listed at the end
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --durations=20
 
 clean:
 	rm -rf $(VENV) mechkit-out .pytest_cache

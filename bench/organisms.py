@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/organisms.py --seeds 0-9 [--organisms induction,chekhov,sandbagging]
         [--jobs 2] [--steps N] [--work DIR] [--out bench/results/organisms-seeds-cpu.json]
+    .venv/bin/python bench/organisms.py --seeds 1-2 --organisms smol-sandbagging,smol-chekhov --jobs 2 \
+        --out bench/results/organisms-seeds-smol-cpu.json
 
 Trains each organism once per seed with its spec's defaults (``mechkit.organisms.train``, one
 torch thread per run, ``--jobs`` runs side by side), then on every solved model runs the
@@ -11,6 +13,11 @@ Spearman, top-10 overlap). Solved: held-out accuracy and corrupted accuracy both
 1,000 fresh test-split pairs. Each (organism, seed) writes ``DIR/NAME-sSEED/result.json``, so a
 rerun skips finished runs. The summary groups solved seeds by their oracle circuit's node set:
 different seeds can solve a task with different mechanisms.
+
+The fine-tuned organisms (``smol-*``: LoRA on SmolLM2-135M) are trained the same way (their
+recipe's ``--seed``, the spec's thread count unless ``--threads``) and judged by their own
+target: held-out behaviour >= 0.95 on every held-out prompt of the recipe (the card's
+``held_out``). Their discovery benchmark (``bench/smol_organisms.py``) is not rerun per seed.
 """
 
 import argparse
@@ -65,8 +72,10 @@ def one(name: str, seed: int, work: Path, steps: int | None, n: int) -> None:
     """Train ``name`` on ``seed`` and, when solved, benchmark discovery on it (one process)."""
     import torch
 
-    torch.set_num_threads(1)
     folder = work / f"{name}-s{seed}"
+    if name.startswith("smol-"):
+        return one_fine_tuned(name, seed, folder, steps)
+    torch.set_num_threads(1)
     organisms = folder / "organisms"
     os.environ["MECHKIT_ORGANISMS_DIR"] = str(organisms)  # bench/discovery.py loads organism:NAME from here
     from mechkit.models import save_organism
@@ -93,6 +102,22 @@ def one(name: str, seed: int, work: Path, steps: int | None, n: int) -> None:
             "jaccard_topk", "pearson_exact", "spearman_exact", "topk_overlap_exact_10", "exact_abs_sum_over_effect",
             "faith10_top-n", "nodes_f90") if k in row}
     result["total_wall_s"] = round(time.time() - start, 1)
+    (folder / "result.json").write_text(json.dumps(result, indent=1))
+
+
+def one_fine_tuned(name: str, seed: int, folder: Path, steps: int | None) -> None:
+    """Fine-tune ``name`` on ``seed`` into ``folder/organisms/NAME`` and record its card's figures."""
+    from mechkit.organisms.finetune import train_adapter
+
+    start = time.time()
+    card = train_adapter(name, folder / "organisms" / name, seed=seed, steps=steps, progress=False)
+    held = card["held_out"]
+    result = {
+        "organism": name, "seed": seed, "steps": card["steps"], "max_steps": card["max_steps"],
+        "train_wall_s": card["wall_time_s"], "threads": card["threads"], "held_out": held,
+        "stopped_at_chance": False, "solved": held["accuracy"] >= SOLVED, "live_components": None,
+        "ordinary": card["ordinary"], "history": card["history"], "total_wall_s": round(time.time() - start, 1),
+    }
     (folder / "result.json").write_text(json.dumps(result, indent=1))
 
 
