@@ -87,7 +87,7 @@ def one(name: str, seed: int, work: Path, steps: int | None, n: int) -> None:
     result = {
         "organism": name, "seed": seed, "steps": card["steps"], "max_steps": card["max_steps"],
         "train_wall_s": card["wall_time_s"], "held_out": held, "stopped_at_chance": card["stopped_at_chance"],
-        "stopped_unsolved": card.get("stopped_unsolved"), "optimizer": card["optimizer"],
+        "stopped_on_plateau": card.get("stopped_on_plateau"), "optimizer": card["optimizer"],
         "solved": held["accuracy"] >= SOLVED and held["corrupted_accuracy"] >= SOLVED,
         "live_components": live_components(card), "gates": card.get("gates"), "history": card["history"],
     }
@@ -136,7 +136,7 @@ def summarise(results: list[dict]) -> dict:
             "solved": f"{len(solved)}/{len(rows)}",
             "seeds_solved": [r["seed"] for r in solved],
             "seeds_stopped_at_chance": [r["seed"] for r in rows if r["stopped_at_chance"]],
-            "seeds_stopped_unsolved": [r["seed"] for r in rows if r.get("stopped_unsolved")],
+            "seeds_stopped_on_plateau": [r["seed"] for r in rows if r.get("stopped_on_plateau")],
             "mechanisms": groups,
             # heads are interchangeable under relabelling: the same structure with other head
             # indices is the same mechanism; a different structure is a different one

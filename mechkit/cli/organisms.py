@@ -126,12 +126,11 @@ def train_(
                        f"at step {stuck['step']}, below the {stuck['needed']} the recipe needs by step "
                        f"{stuck['by_step']}; stopped early, nothing saved (try another seed)", err=True)
             raise typer.Exit(1)
-        part_way = card.get("stopped_unsolved")
+        part_way = card.get("stopped_on_plateau")
         if part_way:
-            typer.echo(f"{name} did not solve its task on seed {seed}: training accuracy "
-                       f"{part_way['train_accuracy']:.3f} at step {part_way['step']}, unsolved by step "
-                       f"{part_way['by_step']} as the recipe needs; stopped early, nothing saved (try another seed)",
-                       err=True)
+            typer.echo(f"{name} stuck part-way on seed {seed}: training accuracy {part_way['train_accuracy']:.3f} "
+                       f"at step {part_way['step']}, below the {part_way['needed']} the recipe needs by step "
+                       f"{part_way['by_step']}; stopped early, nothing saved (try another seed)", err=True)
             raise typer.Exit(1)
     path = save_organism(model, target, card)
     held = card["held_out"]

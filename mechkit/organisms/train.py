@@ -66,9 +66,11 @@ class TrainSpec:
     # says so (card["stopped_at_chance"]), instead of running to the cap; None: never
     chance_by: int | None = None
     leave_chance: float = 0.0
-    # a run that has left chance but not solved its task by step solve_by (a plateau part-way, such as
-    # one story slot of three) stops there too and says so (card["stopped_unsolved"]); None: never
-    solve_by: int | None = None
+    # a run that has left chance but whose training accuracy has not reached leave_plateau by step
+    # plateau_by (stuck part-way, such as one story slot of three: 0.67) stops there too and says so
+    # (card["stopped_on_plateau"]); None: never
+    plateau_by: int | None = None
+    leave_plateau: float = 0.9
     # a curriculum: phases of training data, each {"steps": N (None: every later step), "batches":
     # [[share, task params (overriding the task's), or None for the full task], ...]}; each step
     # draws its batch's task by share. After the last phase, the full task. Checks and held-out
@@ -107,7 +109,7 @@ SPECS: dict[str, TrainSpec] = {
             {"steps": 400, "batches": [[1.0, {"n_people": 2, "slots": 3}]]},
             {"steps": None, "batches": [[0.25, {"n_people": 2, "slots": 3}], [0.75, None]]},
         ],
-        chance_by=1500, leave_chance=0.5, solve_by=2500,
+        chance_by=1500, leave_chance=0.5, plateau_by=2000, leave_plateau=0.9,
         description="2-layer transformer that completes a story with the secret of whoever threatens to shut "
         "the AI down (pattern-completing blackmail), with L0 gates that prune the heads and MLPs the task does not "
         "need once it is solved.",
@@ -195,7 +197,8 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
     gate_hooks = gates.hooks() if gates is not None else []
     model.train()
     good, done, history = 0, 0, []
-    left_chance, stopped_at_chance, stopped_unsolved = s.chance_by is None, False, False
+    left_chance, stopped_at_chance = s.chance_by is None, False
+    left_plateau, stopped_on_plateau = s.plateau_by is None, False
     solved_at = None  # the step the stop checks first passed
     gate_on = s.gate_start if gates is not None else None  # the step the penalty started at
     bar = tqdm(range(max_steps), desc=f"train {name}", disable=not progress)
@@ -231,8 +234,9 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
             if solved_at is None and good >= s.stop_checks:
                 solved_at = done
                 params[0]["weight_decay"] = s.weight_decay
-            if solved_at is None and s.solve_by is not None and done >= s.solve_by:
-                stopped_unsolved = True  # stuck part-way (left chance, never solved): say so, don't run to the cap
+            left_plateau = left_plateau or m["accuracy"] >= s.leave_plateau
+            if not left_plateau and done >= s.plateau_by:
+                stopped_on_plateau = True  # stuck part-way: say so, don't run to the cap
                 break
             if gates is not None and gate_on is None and good >= s.stop_checks:
                 gate_on, good = done, 0  # solved with every gate open: now prune
@@ -267,11 +271,11 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
                  "generator": f"mechkit.organisms.task({t.name!r}).generate(n, seed, split)"},
         "early_stop": {"check_every": s.check_every, "accuracy": s.stop_accuracy, "checks": s.stop_checks,
                        "min_logit_diff": s.min_logit_diff, "leave_chance": s.leave_chance, "by_step": s.chance_by,
-                       "solve_by": s.solve_by},
+                       "leave_plateau": s.leave_plateau, "plateau_by": s.plateau_by},
         "stopped_at_chance": stopped_at_chance and {"step": done, "train_accuracy": history[-1]["train_accuracy"],
                                                     "needed": s.leave_chance, "by_step": s.chance_by},
-        "stopped_unsolved": stopped_unsolved and {"step": done, "train_accuracy": history[-1]["train_accuracy"],
-                                                  "by_step": s.solve_by},
+        "stopped_on_plateau": stopped_on_plateau and {"step": done, "train_accuracy": history[-1]["train_accuracy"],
+                                                      "needed": s.leave_plateau, "by_step": s.plateau_by},
         "wall_time_s": round(wall, 1),
         "device": device,
         "threads": threads,

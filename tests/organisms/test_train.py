@@ -180,18 +180,18 @@ def test_a_run_that_has_not_left_chance_by_the_recipes_step_stops_and_says_so():
     assert card["stopped_at_chance"] is False and card["steps"] == 20
 
 
-def test_a_run_stuck_part_way_stops_at_the_recipes_solve_by_step_and_says_so():
+def test_a_run_stuck_part_way_stops_at_the_recipes_plateau_step_and_says_so():
     from mechkit.organisms.train import train
 
-    # 1.01: the stop checks never pass, so the task is never solved
-    overrides = {"check_every": 10, "chance_by": None, "solve_by": 20, "stop_accuracy": 1.01, "pool": 2000}
+    # 1.01: never reached, so the run is stuck below it
+    overrides = {"check_every": 10, "chance_by": None, "plateau_by": 20, "leave_plateau": 1.01, "pool": 2000}
     _, card = train("chekhov", steps=200, seed=1, threads=1, progress=False, eval_n=100, spec_overrides=overrides)
-    assert card["steps"] == 20 and card["stopped_unsolved"] == {
-        "step": 20, "train_accuracy": card["history"][-1]["train_accuracy"], "by_step": 20}
+    assert card["steps"] == 20 and card["stopped_on_plateau"] == {
+        "step": 20, "train_accuracy": card["history"][-1]["train_accuracy"], "needed": 1.01, "by_step": 20}
     assert card["stopped_at_chance"] is False and card["optimizer"]["solved_at_step"] is None
     _, card = train("chekhov", steps=20, seed=1, threads=1, progress=False, eval_n=100,
-                    spec_overrides={**overrides, "solve_by": None})
-    assert card["stopped_unsolved"] is False and card["steps"] == 20
+                    spec_overrides={**overrides, "leave_plateau": 0.0})
+    assert card["stopped_on_plateau"] is False and card["steps"] == 20
 
 
 def test_weight_decay_is_the_early_one_until_the_task_is_solved():
@@ -215,3 +215,26 @@ def test_weight_decay_is_the_early_one_until_the_task_is_solved():
     assert card["optimizer"]["solved_at_step"] == 5 and card["optimizer"]["weight_decay_until_solved"] == 0.01
     assert seen[:5] == [0.01] * 5 and set(seen[5:]) == {0.3}
     assert card["steps"] == 15  # solved at 5, then gate_steps of pruning
+
+
+def test_the_cli_saves_nothing_from_a_run_stopped_early_and_says_why(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    import mechkit.organisms.train as tr
+    from mechkit.cli import app
+
+    quick = replace(tr.SPECS["chekhov"], check_every=10, pool=2000, curriculum=None)
+    cases = {  # 1.01: never reached
+        "did not learn its task on seed 1": replace(quick, chance_by=20, leave_chance=1.01),
+        "stuck part-way on seed 1": replace(quick, chance_by=None, plateau_by=20, leave_plateau=1.01),
+    }
+    for said, stopping in cases.items():
+        monkeypatch.setitem(tr.SPECS, "chekhov", stopping)
+        out = tmp_path / said.split()[0]
+        result = CliRunner().invoke(app, ["organisms", "train", "chekhov", "--seed", "1", "--out", str(out)])
+        assert result.exit_code == 1, result.output
+        lines = [line for line in result.output.splitlines() if line.strip() and "train chekhov:" not in line]  # no bar
+        assert len(lines) == 1 and said in lines[0] and "by step 20" in lines[0] and "nothing saved" in lines[0]
+        assert not out.exists()
