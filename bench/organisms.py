@@ -204,9 +204,11 @@ def main() -> None:
     print_table(results)
     summary = summarise(results)
     print(json.dumps(summary, indent=1))
-    meta = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, 1 torch thread per run, {args.jobs} runs "
-                       "side by side", "load_average_at_start": load, "date": time.strftime("%Y-%m-%d"),
-            "solved_means": f"held-out accuracy and corrupted accuracy >= {SOLVED}"}
+    meta = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, 1 torch thread per run (smol-*: the "
+                       f"spec's count), {args.jobs} runs side by side", "load_average_at_start": load,
+            "date": time.strftime("%Y-%m-%d"),
+            "solved_means": f"held-out accuracy and corrupted accuracy >= {SOLVED} (smol-*: the card's held-out "
+                            f"behaviour >= {SOLVED})"}
     args.out.write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
