@@ -120,18 +120,13 @@ def train_(
         from mechkit.organisms.train import train
 
         model, card = train(name, steps=steps, seed=seed, threads=threads)
-        stuck = card.get("stopped_at_chance")
-        if stuck:
-            typer.echo(f"{name} did not learn its task on seed {seed}: training accuracy {stuck['train_accuracy']:.3f} "
-                       f"at step {stuck['step']}, below the {stuck['needed']} the recipe needs by step "
-                       f"{stuck['by_step']}; stopped early, nothing saved (try another seed)", err=True)
-            raise typer.Exit(1)
-        part_way = card.get("stopped_on_plateau")
-        if part_way:
-            typer.echo(f"{name} stuck part-way on seed {seed}: training accuracy {part_way['train_accuracy']:.3f} "
-                       f"at step {part_way['step']}, below the {part_way['needed']} the recipe needs by step "
-                       f"{part_way['by_step']}; stopped early, nothing saved (try another seed)", err=True)
-            raise typer.Exit(1)
+        for key, what in (("stopped_at_chance", "did not learn its task"), ("stopped_on_plateau", "stuck part-way")):
+            stuck = card.get(key)
+            if stuck:
+                typer.echo(f"{name} {what} on seed {seed}: training accuracy {stuck['train_accuracy']:.3f} at step "
+                           f"{stuck['step']}, below the {stuck['needed']} the recipe needs by step "
+                           f"{stuck['by_step']}; stopped early, nothing saved (try another seed)", err=True)
+                raise typer.Exit(1)
     path = save_organism(model, target, card)
     held = card["held_out"]
     typer.echo(f"saved {name} to {path}: {card['steps']} steps, {card['wall_time_s']} s, held-out accuracy "
