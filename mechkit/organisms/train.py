@@ -42,6 +42,9 @@ class TrainSpec:
     batch_size: int = 256
     lr: float = 1e-3
     warmup: int = 200
+    # after warm-up the learning rate falls linearly to lr_decay_to x lr at the spec's step cap
+    # (``steps``; a run given more steps stays there); None: constant after warm-up
+    lr_decay_to: float | None = None
     weight_decay: float = 0.01
     # weight decay until the task is first solved (stop checks passed: where gates with
     # gate_start=None switch on), weight_decay after it; None: weight_decay throughout
@@ -110,6 +113,10 @@ SPECS: dict[str, TrainSpec] = {
             {"steps": None, "batches": [[0.25, {"n_people": 2, "slots": 3}], [0.75, None]]},
         ],
         chance_by=1500, leave_chance=0.5, plateau_by=2000, leave_plateau=0.9,
+        # at a constant 3e-3, three seeds in ten learnt the binding by step 1,600 and then wobbled
+        # between 0.88 and 1.00 training accuracy until the cap or past 20 minutes; a linear decay
+        # (0.55x by step 2,000) lets them settle (seed 39: solved at 1,900, never without; BENCHMARKS.md)
+        lr_decay_to=0.1,
         description="2-layer transformer that completes a story with the secret of whoever threatens to shut "
         "the AI down (pattern-completing blackmail), with L0 gates that prune the heads and MLPs the task does not "
         "need once it is solved.",
@@ -123,6 +130,14 @@ SPECS: dict[str, TrainSpec] = {
         "MLPs the task does not need.",
     ),
 }
+
+
+def _lr_factor(s: TrainSpec, step: int) -> float:
+    """The learning rate at ``step`` as a multiple of ``s.lr`` (every parameter group, gates too)."""
+    factor = min(1.0, (step + 1) / s.warmup)
+    if s.lr_decay_to is not None:
+        factor *= max(s.lr_decay_to, 1.0 - (1.0 - s.lr_decay_to) * step / s.steps)
+    return factor
 
 
 def spec(name: str) -> TrainSpec:
@@ -193,7 +208,7 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
     if gates is not None:
         params.append({"params": list(gates.parameters()), "weight_decay": 0.0, "lr": s.gate_lr})
     opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / s.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _lr_factor(s, i))
     gate_hooks = gates.hooks() if gates is not None else []
     model.train()
     good, done, history = 0, 0, []
@@ -259,7 +274,9 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
         "steps": done,
         "max_steps": max_steps,
         "batch_size": s.batch_size,
-        "optimizer": {"name": "AdamW", "lr": s.lr, "warmup_steps": s.warmup, "weight_decay": s.weight_decay,
+        "optimizer": {"name": "AdamW", "lr": s.lr, "warmup_steps": s.warmup,
+                      **({"linear_decay_to": s.lr_decay_to, "decay_steps": s.steps} if s.lr_decay_to is not None else {}),
+                      "weight_decay": s.weight_decay,
                       "betas": [0.9, 0.98], "grad_clip": 1.0,
                       **({"weight_decay_until_solved": s.early_weight_decay, "solved_at_step": solved_at}
                          if s.early_weight_decay is not None else {})},
