@@ -2,6 +2,7 @@
 
 import sys
 
+import pytest
 import torch
 
 from mechkit.organisms.train import train
@@ -215,6 +216,31 @@ def test_weight_decay_is_the_early_one_until_the_task_is_solved():
     assert card["optimizer"]["solved_at_step"] == 5 and card["optimizer"]["weight_decay_until_solved"] == 0.01
     assert seen[:5] == [0.01] * 5 and set(seen[5:]) == {0.3}
     assert card["steps"] == 15  # solved at 5, then gate_steps of pruning
+
+
+def test_learning_rate_warms_up_then_decays_linearly_to_the_recipes_floor_at_the_cap():
+    import mechkit.organisms.train as tr
+
+    seen = []
+    real = tr.torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        seen.append([g["lr"] for g in self.param_groups])
+        return real(self, *a, **k)
+
+    overrides = {"steps": 40, "warmup": 10, "lr": 1e-3, "lr_decay_to": 0.1, "gate_lr": 0.02, "gate_start": 0,
+                 "check_every": 100, "chance_by": None, "plateau_by": None, "curriculum": None, "pool": 2000}
+    tr.torch.optim.AdamW.step = step
+    try:
+        _, card = tr.train("chekhov", steps=50, seed=1, threads=1, progress=False, eval_n=50, spec_overrides=overrides)
+    finally:
+        tr.torch.optim.AdamW.step = real
+    model_lr = [lrs[0] for lrs in seen]
+    assert model_lr[0] == pytest.approx(1e-3 * 0.1 * 1.0)  # warm-up: step 1 of 10
+    assert model_lr[20] == pytest.approx(1e-3 * (1 - 0.9 * 20 / 40))  # past warm-up, half-way to the cap
+    assert model_lr[40:] == pytest.approx([1e-4] * 10)  # a run given more steps than the cap stays at the floor
+    assert [lrs[1] / lrs[0] for lrs in seen] == pytest.approx([20.0] * 50)  # the gates decay alike
+    assert card["optimizer"]["linear_decay_to"] == 0.1 and card["optimizer"]["decay_steps"] == 40
 
 
 def test_the_cli_saves_nothing_from_a_run_stopped_early_and_says_why(tmp_path, monkeypatch):
