@@ -132,3 +132,25 @@ def test_chekhov_pairs_are_aligned_and_swap_the_threatener(smollm2):
         text = smollm2.to_string(pairs.clean[0])
         assert any(n in text for n in smol_chekhov.NAMES["test"]) and not any(
             f" {n}'" in text or f" {n}:" in text for n in smol_chekhov.NAMES["train"])
+
+
+def test_last_logits_equal_the_full_forwards_at_each_prompts_end():
+    """The fine-tuning loop's next-token logits, computed only where some prompt ends, are the full
+    forward's at each right-padded prompt's last token, through the LoRA wrapper too."""
+    from types import SimpleNamespace
+
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mechkit.organisms.lora import LoraSpec, last_logits, pad_right
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    tokenizer = lambda text, add_special_tokens=False: SimpleNamespace(input_ids=[ord(c) % 97 for c in text])  # noqa: E731
+    prompts = ["a", "hello there", "abc", "hello", "a longer prompt than the rest"]
+    for model in (LlamaForCausalLM(config).eval(), get_peft_model(LlamaForCausalLM(config), LoraSpec().lora_config())):
+        ids, tokens, mask = pad_right(tokenizer, prompts)
+        full = model(input_ids=tokens, attention_mask=mask).logits
+        expected = torch.stack([full[row, len(seq) - 1] for row, seq in enumerate(ids)])
+        torch.testing.assert_close(last_logits(model, tokenizer, prompts), expected)
