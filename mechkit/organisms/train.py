@@ -115,7 +115,8 @@ SPECS: dict[str, TrainSpec] = {
         chance_by=1500, leave_chance=0.5, plateau_by=2000, leave_plateau=0.9,
         # at a constant 3e-3, three seeds in ten learnt the binding by step 1,600 and then wobbled
         # between 0.88 and 1.00 training accuracy until the cap or past 20 minutes; a linear decay
-        # (0.55x by step 2,000) lets them settle (seed 39: solved at 1,900, never without; BENCHMARKS.md)
+        # (0.55x by step 2,000) lets most settle (seed 39: solved at 1,900, never without). Over seeds
+        # 40-49 six were solved by step 1,000, yet three still needed 1,238-1,428 s (BENCHMARKS.md)
         lr_decay_to=0.1,
         description="2-layer transformer that completes a story with the secret of whoever threatens to shut "
         "the AI down (pattern-completing blackmail), with L0 gates that prune the heads and MLPs the task does not "
