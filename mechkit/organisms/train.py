@@ -238,8 +238,9 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
             with model.hooks(fwd_hooks=gate_hooks if gate_on is not None else []), gates_mode(gates, training=False):
                 m = evaluate(model, t, n=512, seed=10_000 + done, split="train")
             model.train()
+            # the corrupted accuracy too: the stop checks need both (a run can wobble on either)
             history.append({"step": done, "loss": round(loss.item(), 4), "train_accuracy": m["accuracy"],
-                            "train_logit_diff": m["logit_diff"]})
+                            "train_corrupted_accuracy": m["corrupted_accuracy"], "train_logit_diff": m["logit_diff"]})
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=m["accuracy"])
             ok = min(m["accuracy"], m["corrupted_accuracy"]) >= s.stop_accuracy and m["logit_diff"] >= s.min_logit_diff
             good = good + 1 if ok else 0

@@ -19,6 +19,8 @@ def test_smoke_training_is_deterministic_and_writes_a_card():
         torch.set_num_threads(torch_threads)
         torch.use_deterministic_algorithms(False)
     assert card["steps"] == 4 and card["batch_size"] == 16 and card["history"][-1]["step"] == 4
+    # each check records what the stop rule reads: clean and corrupted accuracy, logit difference
+    assert {"train_accuracy", "train_corrupted_accuracy", "train_logit_diff"} <= set(card["history"][-1])
     assert 0.0 <= card["held_out"]["accuracy"] <= 1.0 and card["held_out"]["split"] == "test"
     for k, v in m1.state_dict().items():
         assert torch.equal(v, m2.state_dict()[k]), k
