@@ -92,7 +92,7 @@ def last_logits(model: torch.nn.Module, tokenizer, prompts: Sequence[str]) -> Fl
     device = next(model.parameters()).device
     ends = torch.tensor([len(i) - 1 for i in ids], device=device)
     # the unembedding (49k x 576) only at the positions where some prompt ends, not at every one:
-    # in a fine-tuning step it was a fifth of the work
+    # a smol-chekhov fine-tuning step went from 7.2 to 6.5 s (2 threads)
     keep = torch.unique(ends)
     logits = model(input_ids=tokens.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits
     return logits[torch.arange(len(ids), device=device), torch.searchsorted(keep, ends)]
