@@ -54,6 +54,10 @@ class TrainSpec:
     stop_accuracy: float = 0.995
     stop_checks: int = 3
     min_logit_diff: float = 3.0  # the early stop also needs this mean logit difference
+    # the accuracy that, on stop_checks checks in a row, counts the task as solved (where the
+    # gates with gate_start=None switch on and early_weight_decay ends); None: stop_accuracy.
+    # The early stop after pruning still needs stop_accuracy
+    solve_accuracy: float | None = None
     # weight of the expected number of open head/MLP gates (mechkit.organisms.gates) in the loss:
     # components the task does not need are switched off, so the behaviour lives in a few
     gate_l0: float = 0.0
@@ -96,7 +100,7 @@ SPECS: dict[str, TrainSpec] = {
                   normalization_type="LN"),
         # weight decay 0.3 keeps the attention scores moderate, so EAP-IG's gradients track exact patching
         # (at 0.01 they correlated 0.82); the gates switch on once the task is solved (step 1600 at 1 thread)
-        steps=4000, lr=3e-3, warmup=200, weight_decay=0.3, gate_l0=0.25, gate_lr=0.02, gate_start=None,
+        steps=3200, lr=3e-3, warmup=200, weight_decay=0.3, gate_l0=0.25, gate_lr=0.02, gate_start=None,
         gate_steps=1000,
         # ... but at 0.3 from the start, one seed in three never learns even two-person stories (loss
         # stays at ln 2): until the task is solved the decay is 0.01 (seeds 20, 22 and 25: BENCHMARKS.md)
@@ -118,6 +122,12 @@ SPECS: dict[str, TrainSpec] = {
         # (0.55x by step 2,000) lets most settle (seed 39: solved at 1,900, never without). Over seeds
         # 40-49 six were solved by step 1,000, yet three still needed 1,238-1,428 s (BENCHMARKS.md)
         lr_decay_to=0.1,
+        # what held those three was the stop rule, not the optimiser: they were at 0.96-0.99 for
+        # 1,000-2,000 steps, but pruning waited for three checks in a row at 0.995. Pruning now starts
+        # at three in a row at 0.98 (the held-out target is 0.95; the early stop after pruning still
+        # needs 0.995), and the cap is 3,200 steps (about 1,100 s at one thread), so a seed that climbs
+        # slowly (0.96 at step 2,000) ends within 20 minutes with a steeper decay, pruned for less
+        solve_accuracy=0.98,
         description="2-layer transformer that completes a story with the secret of whoever threatens to shut "
         "the AI down (pattern-completing blackmail), with L0 gates that prune the heads and MLPs the task does not "
         "need once it is solved.",
@@ -212,7 +222,8 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _lr_factor(s, i))
     gate_hooks = gates.hooks() if gates is not None else []
     model.train()
-    good, done, history = 0, 0, []
+    good, near, done, history = 0, 0, 0, []  # checks in a row passing stop_accuracy / solve_accuracy
+    solve_accuracy = s.stop_accuracy if s.solve_accuracy is None else s.solve_accuracy
     left_chance, stopped_at_chance = s.chance_by is None, False
     left_plateau, stopped_on_plateau = s.plateau_by is None, False
     solved_at = None  # the step the stop checks first passed
@@ -242,20 +253,21 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
             history.append({"step": done, "loss": round(loss.item(), 4), "train_accuracy": m["accuracy"],
                             "train_corrupted_accuracy": m["corrupted_accuracy"], "train_logit_diff": m["logit_diff"]})
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=m["accuracy"])
-            ok = min(m["accuracy"], m["corrupted_accuracy"]) >= s.stop_accuracy and m["logit_diff"] >= s.min_logit_diff
-            good = good + 1 if ok else 0
+            worst, separated = min(m["accuracy"], m["corrupted_accuracy"]), m["logit_diff"] >= s.min_logit_diff
+            good = good + 1 if worst >= s.stop_accuracy and separated else 0
+            near = near + 1 if worst >= solve_accuracy and separated else 0
             left_chance = left_chance or m["accuracy"] >= s.leave_chance
             if not left_chance and done >= s.chance_by:
                 stopped_at_chance = True  # the recipe did not take on this seed: say so, don't run to the cap
                 break
-            if solved_at is None and good >= s.stop_checks:
+            if solved_at is None and near >= s.stop_checks:
                 solved_at = done
                 params[0]["weight_decay"] = s.weight_decay
             left_plateau = left_plateau or m["accuracy"] >= s.leave_plateau
             if not left_plateau and done >= s.plateau_by:
                 stopped_on_plateau = True  # stuck part-way: say so, don't run to the cap
                 break
-            if gates is not None and gate_on is None and good >= s.stop_checks:
+            if gates is not None and gate_on is None and solved_at is not None:
                 gate_on, good = done, 0  # solved with every gate open: now prune
             gated_long_enough = gates is None or (gate_on is not None and done >= gate_on + s.gate_steps)
             if good >= s.stop_checks and gated_long_enough:
@@ -288,7 +300,8 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
         "curriculum": s.curriculum,
         "data": {"pool": s.pool, "split": "train", "seed": seed, "train_on_corrupted": t.train_on_corrupted,
                  "generator": f"mechkit.organisms.task({t.name!r}).generate(n, seed, split)"},
-        "early_stop": {"check_every": s.check_every, "accuracy": s.stop_accuracy, "checks": s.stop_checks,
+        "early_stop": {"check_every": s.check_every, "accuracy": s.stop_accuracy, "solve_accuracy": solve_accuracy,
+                       "checks": s.stop_checks,
                        "min_logit_diff": s.min_logit_diff, "leave_chance": s.leave_chance, "by_step": s.chance_by,
                        "leave_plateau": s.leave_plateau, "plateau_by": s.plateau_by},
         "stopped_at_chance": stopped_at_chance and {"step": done, "train_accuracy": history[-1]["train_accuracy"],

@@ -220,6 +220,25 @@ def test_weight_decay_is_the_early_one_until_the_task_is_solved():
     assert card["steps"] == 15  # solved at 5, then gate_steps of pruning
 
 
+def test_solve_accuracy_starts_pruning_while_the_early_stop_still_needs_stop_accuracy():
+    from mechkit.organisms.train import train
+
+    # solved at the first check (accuracy 0 needed); the early stop's 1.01 is never reached
+    overrides = {"check_every": 5, "chance_by": None, "plateau_by": None, "solve_accuracy": 0.0, "stop_accuracy": 1.01,
+                 "min_logit_diff": -1e9, "stop_checks": 1, "gate_steps": 10, "pool": 2000}
+    _, card = train("chekhov", steps=30, seed=1, threads=1, progress=False, eval_n=50, spec_overrides=overrides)
+    assert card["optimizer"]["solved_at_step"] == 5 and card["gates"]["penalty_from_step"] == 5
+    assert card["early_stop"]["solve_accuracy"] == 0.0 and card["early_stop"]["accuracy"] == 1.01
+    assert card["steps"] == 30  # pruned from step 5, never passed the early stop: ran to the cap
+    _, card = train("chekhov", steps=30, seed=1, threads=1, progress=False, eval_n=50,
+                    spec_overrides={**overrides, "stop_accuracy": 0.0})
+    assert card["steps"] == 15  # both passed: solved at 5, then gate_steps of pruning
+    # unset, solving needs the early stop's own accuracy: 1.01 is never reached, so no pruning
+    _, card = train("chekhov", steps=30, seed=1, threads=1, progress=False, eval_n=50,
+                    spec_overrides={**overrides, "solve_accuracy": None})
+    assert card["optimizer"]["solved_at_step"] is None and card["gates"]["penalty_from_step"] is None
+
+
 def test_learning_rate_warms_up_then_decays_linearly_to_the_recipes_floor_at_the_cap():
     import mechkit.organisms.train as tr
 
