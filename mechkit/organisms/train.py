@@ -126,7 +126,8 @@ SPECS: dict[str, TrainSpec] = {
         # 1,000-2,000 steps, but pruning waited for three checks in a row at 0.995. Pruning now starts
         # at three in a row at 0.98 (the held-out target is 0.95; the early stop after pruning still
         # needs 0.995), and the cap is 3,200 steps (about 1,100 s at one thread), so a seed that climbs
-        # slowly (0.96 at step 2,000) ends within 20 minutes with a steeper decay, pruned for less
+        # slowly (0.96 at step 2,000) ends within 20 minutes with a steeper decay, pruned for less.
+        # Seeds 50-59: 9 of 10 solved in 719-1,138 s, the tenth stopped on its plateau (BENCHMARKS.md)
         solve_accuracy=0.98,
         description="2-layer transformer that completes a story with the secret of whoever threatens to shut "
         "the AI down (pattern-completing blackmail), with L0 gates that prune the heads and MLPs the task does not "
