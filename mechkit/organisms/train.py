@@ -55,7 +55,7 @@ class TrainSpec:
     stop_checks: int = 3
     min_logit_diff: float = 3.0  # the early stop also needs this mean logit difference
     # the accuracy that, on stop_checks checks in a row, counts the task as solved (where the
-    # gates with gate_start=None switch on and early_weight_decay ends); None: stop_accuracy.
+    # gates with gate_start=None switch on and early_weight_decay ends); None, or above it: stop_accuracy.
     # The early stop after pruning still needs stop_accuracy
     solve_accuracy: float | None = None
     # weight of the expected number of open head/MLP gates (mechkit.organisms.gates) in the loss:
@@ -224,7 +224,8 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
     gate_hooks = gates.hooks() if gates is not None else []
     model.train()
     good, near, done, history = 0, 0, 0, []  # checks in a row passing stop_accuracy / solve_accuracy
-    solve_accuracy = s.stop_accuracy if s.solve_accuracy is None else s.solve_accuracy
+    # solving never needs more than the early stop: a check that may end the run counts as solved
+    solve_accuracy = s.stop_accuracy if s.solve_accuracy is None else min(s.solve_accuracy, s.stop_accuracy)
     left_chance, stopped_at_chance = s.chance_by is None, False
     left_plateau, stopped_on_plateau = s.plateau_by is None, False
     solved_at = None  # the step the stop checks first passed
