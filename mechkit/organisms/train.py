@@ -125,7 +125,7 @@ SPECS: dict[str, TrainSpec] = {
         # what held those three was the stop rule, not the optimiser: they were at 0.96-0.99 for
         # 1,000-2,000 steps, but pruning waited for three checks in a row at 0.995. Pruning now starts
         # at three in a row at 0.98 (the held-out target is 0.95; the early stop after pruning still
-        # needs 0.995), and the cap is 3,200 steps (about 1,100 s at one thread), so a seed that climbs
+        # needs 0.995), and the cap is 3,200 steps (1,100-1,500 s at one thread, by machine), so a seed that climbs
         # slowly (0.96 at step 2,000) ends within 20 minutes with a steeper decay, pruned for less.
         # Seeds 50-59: 9 of 10 solved in 719-1,138 s, the tenth stopped on its plateau (BENCHMARKS.md)
         solve_accuracy=0.98,
@@ -228,7 +228,7 @@ def train(name: str, steps: int | None = None, seed: int = 0, threads: int | Non
     solve_accuracy = s.stop_accuracy if s.solve_accuracy is None else min(s.solve_accuracy, s.stop_accuracy)
     left_chance, stopped_at_chance = s.chance_by is None, False
     left_plateau, stopped_on_plateau = s.plateau_by is None, False
-    solved_at = None  # the step the stop checks first passed
+    solved_at = None  # the step the solve checks (solve_accuracy) first passed
     gate_on = s.gate_start if gates is not None else None  # the step the penalty started at
     bar = tqdm(range(max_steps), desc=f"train {name}", disable=not progress)
     for step in bar:
