@@ -208,8 +208,8 @@ def test_weight_decay_is_the_early_one_until_the_task_is_solved():
         return real(self, *a, **k)
 
     # stop checks that pass at once (accuracy 0 needed, no logit difference): solved at the first check
-    overrides = {"check_every": 5, "chance_by": None, "stop_accuracy": 0.0, "min_logit_diff": -1e9, "stop_checks": 1,
-                 "gate_steps": 10, "early_weight_decay": 0.01, "weight_decay": 0.3, "pool": 2000}
+    overrides = {**SMALL, "check_every": 5, "chance_by": None, "stop_accuracy": 0.0, "min_logit_diff": -1e9,
+                 "stop_checks": 1, "gate_steps": 10, "early_weight_decay": 0.01, "weight_decay": 0.3}
     tr.torch.optim.AdamW.step = step
     try:
         _, card = tr.train("chekhov", steps=30, seed=1, threads=1, progress=False, eval_n=50, spec_overrides=overrides)
@@ -224,8 +224,8 @@ def test_solve_accuracy_starts_pruning_while_the_early_stop_still_needs_stop_acc
     from mechkit.organisms.train import train
 
     # solved at the first check (accuracy 0 needed); the early stop's 1.01 is never reached
-    overrides = {"check_every": 5, "chance_by": None, "plateau_by": None, "solve_accuracy": 0.0, "stop_accuracy": 1.01,
-                 "min_logit_diff": -1e9, "stop_checks": 1, "gate_steps": 10, "pool": 2000}
+    overrides = {**SMALL, "check_every": 5, "chance_by": None, "plateau_by": None, "solve_accuracy": 0.0,
+                 "stop_accuracy": 1.01, "min_logit_diff": -1e9, "stop_checks": 1, "gate_steps": 10}
     _, card = train("chekhov", steps=30, seed=1, threads=1, progress=False, eval_n=50, spec_overrides=overrides)
     assert card["optimizer"]["solved_at_step"] == 5 and card["gates"]["penalty_from_step"] == 5
     assert card["early_stop"]["solve_accuracy"] == 0.0 and card["early_stop"]["accuracy"] == 1.01
