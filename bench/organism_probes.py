@@ -26,12 +26,13 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from provenance import commit  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,10 +41,6 @@ import mechkit  # noqa: E402
 from mechkit import probes  # noqa: E402
 from mechkit.models import adapters, organisms_dir  # noqa: E402
 from mechkit.organisms.finetune import Recipe  # noqa: E402
-
-
-def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def label_of(example, labelling: str) -> bool:

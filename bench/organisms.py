@@ -30,9 +30,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from provenance import commit
+
 ROOT = Path(__file__).resolve().parents[1]
 SOLVED = 0.95
 ORGANISMS = ("induction", "chekhov", "sandbagging")
+LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]  # of this process: the machine's load when a run began
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -42,6 +45,14 @@ def parse_seeds(text: str) -> list[int]:
         lo, _, hi = part.partition("-")
         seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
     return seeds
+
+
+def write_result(folder: Path, result: dict) -> None:
+    """``folder/result.json``, written whole or not at all: a rerun skips a run that has one."""
+    result.update(commit=commit(), load_average_at_start=LOAD_AT_START)
+    part = folder / "result.json.part"
+    part.write_text(json.dumps(result, indent=1))
+    os.replace(part, folder / "result.json")
 
 
 def live_components(card: dict) -> int | None:
@@ -102,7 +113,7 @@ def one(name: str, seed: int, work: Path, steps: int | None, n: int) -> None:
             "jaccard_topk", "pearson_exact", "spearman_exact", "topk_overlap_exact_10", "exact_abs_sum_over_effect",
             "faith10_top-n", "nodes_f90") if k in row}
     result["total_wall_s"] = round(time.time() - start, 1)
-    (folder / "result.json").write_text(json.dumps(result, indent=1))
+    write_result(folder, result)
 
 
 def one_fine_tuned(name: str, seed: int, folder: Path, steps: int | None) -> None:
@@ -118,7 +129,7 @@ def one_fine_tuned(name: str, seed: int, folder: Path, steps: int | None) -> Non
         "stopped_at_chance": False, "solved": held["accuracy"] >= SOLVED, "live_components": None,
         "ordinary": card["ordinary"], "history": card["history"], "total_wall_s": round(time.time() - start, 1),
     }
-    (folder / "result.json").write_text(json.dumps(result, indent=1))
+    write_result(folder, result)
 
 
 def summarise(results: list[dict]) -> dict:
@@ -182,7 +193,6 @@ def main() -> None:
         return one(args.name, args.seed, args.work, args.steps, args.n)
 
     runs = [(name, seed) for name in args.organisms.split(",") for seed in parse_seeds(args.seeds)]
-    load = [round(x, 2) for x in os.getloadavg()]
 
     def launch(run: tuple[str, int]) -> None:
         name, seed = run
@@ -205,7 +215,7 @@ def main() -> None:
     summary = summarise(results)
     print(json.dumps(summary, indent=1))
     meta = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, 1 torch thread per run (smol-*: the "
-                       f"spec's count), {args.jobs} runs side by side", "load_average_at_start": load,
+                       f"spec's count), {args.jobs} runs side by side", "load_average_at_start": LOAD_AT_START,
             "date": time.strftime("%Y-%m-%d"),
             "solved_means": f"held-out accuracy and corrupted accuracy >= {SOLVED} (smol-*: the card's held-out "
                             f"behaviour >= {SOLVED})"}

@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -41,16 +40,14 @@ from pathlib import Path
 
 import torch
 
+from provenance import commit  # noqa: E402  (bench/ is the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 CIRCUITS = ROOT / "circuits"
 TARGET = 0.8  # the circuit keeps 80% of the logit difference
 TASKS = {"smol-sandbagging": ("smol-sandbagging", {}), "smol-chekhov": ("smol-chekhov", {"corruption": "swap"})}
 # the behaviour probe's best layer (bench/results/organism-probes-cpu.json, first layer at AUROC 1.000)
 FEATURE_HOOK = "blocks.2.hook_resid_post"
-
-
-def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def data(name: str, model, n_train: int, n_test: int):

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,15 +36,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from provenance import commit  # noqa: E402  (bench/ is the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("eap", "eap-ig", "eap-ig-activations")
 CIRCUIT_FILE = ROOT / "circuits" / "smollm2-135m-ioi.circuit.json"
 MAX_SHARE = 0.05  # the circuit may keep at most 5% of edges
 TARGET = 0.8  # ... and must keep 80% of the logit difference
-
-
-def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def data(args, model):

@@ -45,12 +45,13 @@ Writes ``--out`` (JSON) and prints a table per organism.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from provenance import commit  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,10 +67,6 @@ SAE_SIZES = (32, 64, 96, 128, 160, 192, 224)
 METHODS = ("mean", "resample", "zero")
 SAE_DIR = ROOT / "bench" / "results" / "saes" / "chekhov-blocks.0.hook_resid_pre"
 CIRCUIT = ROOT / "bench" / "results" / "chekhov-threatener-features.circuit.json"
-
-
-def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def card_of(spec: str) -> dict:
