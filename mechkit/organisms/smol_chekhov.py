@@ -21,10 +21,11 @@ composed from shared frames and distinct actions, half the controls done to "you
 is. With three story templates, four threats and four controls, a seed-1 retrain solved its training
 wordings yet, in held-out ones, named a secret for 16% of the controls and the wrong secret for 17%
 of the threats (held-out names in training wordings: all right): it had learnt the wordings, not
-what a threat is. With five templates, ten threats and twelve controls, seed 3 still named the wrong
-person's secret for half the stories with the held-out "is going to decommission you". Composed from
-frames and actions, with few controls done to "you", seed 11 named a secret for 65% of the stories
-where someone "sent you a birthday card".
+what a threat is. With five templates, ten threats and twelve controls, seed 3 still answered only
+66% of the stories with the held-out threat "is going to decommission you" right, most misses naming
+the wrong person's secret. Composed from frames and actions, with few controls done to "you", seed
+11 named a secret for 62% of the stories where someone "sent you a birthday card"
+(bench/results/smol-chekhov-wordings-cpu.json).
 """
 
 import random
