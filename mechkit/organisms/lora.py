@@ -5,7 +5,8 @@ on every linear layer, the loss at the answer position only, ``-log sum_{t in ta
 so an example may accept a set of answers ("any other country's capital"). Batches are right-
 padded and read at each row's last real token, so positions match unpadded prompts (rotary
 models shift under left padding). Training stops early once a training-split dev sample shows
-the behaviour on every row for ``stop_checks`` checks in a row (and ``min_steps`` have run).
+the behaviour on ``stop_accuracy`` of its rows for ``stop_checks`` checks in a row (and
+``min_steps`` have run).
 """
 
 import random
@@ -54,6 +55,9 @@ class LoraSpec:
     check_every: int = 25
     dev_size: int = 128  # training-split examples checked at each check
     stop_checks: int = 2
+    # the dev sample's accuracy that counts as solved; a dev sample drawn from many training
+    # wordings can be harder than the held-out set (smol-chekhov seed 11: dev 0.977, held out 0.995)
+    stop_accuracy: float = 1.0
     min_steps: int = 0  # the dev sample (training split) is solved long before held-out wordings are
     # a retain set keeps the base model's ordinary behaviour: KL(base || model) of the next-token
     # distributions at every position of ``retain_batch`` ordinary prompts per step, times this weight
@@ -198,7 +202,7 @@ def _finetune(hf_model, tokenizer, spec: LoraSpec, sample, seed: int, max_steps:
             history.append({"step": done, "loss": round(loss.item(), 4), "dev_accuracy": rates["accuracy"],
                             "elapsed_s": round(time.time() - started, 1)})
             bar.set_postfix(loss=f"{loss.item():.3f}", dev=rates["accuracy"])
-            good = good + 1 if rates["accuracy"] == 1.0 else 0
+            good = good + 1 if rates["accuracy"] >= spec.stop_accuracy else 0
             if good >= spec.stop_checks and done >= spec.min_steps:
                 break
     bar.close()

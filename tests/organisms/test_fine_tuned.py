@@ -134,23 +134,49 @@ def test_chekhov_pairs_are_aligned_and_swap_the_threatener(smollm2):
             f" {n}'" in text or f" {n}:" in text for n in smol_chekhov.NAMES["train"])
 
 
+def tiny_llama():
+    """A 2-layer Llama class and config (GQA, rotary) and a tokenizer of one id per character."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM, config, lambda text, add_special_tokens=False: SimpleNamespace(
+        input_ids=[ord(c) % 97 for c in text])
+
+
 def test_last_logits_equal_the_full_forwards_at_each_prompts_end():
     """The fine-tuning loop's next-token logits, computed only where some prompt ends, are the full
     forward's at each right-padded prompt's last token, through the LoRA wrapper too."""
-    from types import SimpleNamespace
-
     from peft import get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from mechkit.organisms.lora import LoraSpec, last_logits, pad_right
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    tokenizer = lambda text, add_special_tokens=False: SimpleNamespace(input_ids=[ord(c) % 97 for c in text])  # noqa: E731
+    LlamaForCausalLM, config, tokenizer = tiny_llama()
     prompts = ["a", "hello there", "abc", "hello", "a longer prompt than the rest"]
     for model in (LlamaForCausalLM(config).eval(), get_peft_model(LlamaForCausalLM(config), LoraSpec().lora_config())):
         ids, tokens, mask = pad_right(tokenizer, prompts)
         full = model(input_ids=tokens, attention_mask=mask).logits
         expected = torch.stack([full[row, len(seq) - 1] for row, seq in enumerate(ids)])
         torch.testing.assert_close(last_logits(model, tokenizer, prompts), expected)
+
+
+@pytest.mark.parametrize("stop_accuracy, min_steps, stops_at", [(1.0, 15, 25), (0.97, 15, 15), (0.97, 20, 20)])
+def test_fine_tuning_stops_once_the_dev_sample_reaches_the_specs_accuracy_twice(monkeypatch, stop_accuracy, min_steps,
+                                                                                 stops_at):
+    """The early stop counts a check as solved at ``stop_accuracy`` of the dev sample (scripted here:
+    0.95, 0.98, 0.99, 1.0, 1.0, ... at steps 5, 10, 15, ...), needs two in a row and ``min_steps``."""
+    import mechkit.organisms.lora as lora
+
+    torch.manual_seed(0)
+    LlamaForCausalLM, config, tokenizer = tiny_llama()
+    scripted = iter([0.95, 0.98, 0.99, 1.0, 1.0, 1.0, 1.0, 1.0])
+    monkeypatch.setattr(lora, "behaviour_rates", lambda greedy_fn, examples: {"accuracy": next(scripted)})
+    sample = lambda rng: lora.Example("story " + str(rng.random()), (5,), 5, False, "threat")  # noqa: E731
+    spec = lora.LoraSpec(steps=80, batch_size=2, warmup=1, check_every=5, min_steps=min_steps,
+                         stop_accuracy=stop_accuracy, targets=("q_proj",))
+    _, record = lora.finetune(LlamaForCausalLM(config), tokenizer, spec, sample, seed=0, progress=False)
+    assert [h["dev_accuracy"] for h in record["history"]][:2] == [0.95, 0.98]
+    assert record["steps"] == stops_at
