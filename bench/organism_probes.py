@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from provenance import commit  # noqa: E402  (bench/ is the script's folder)
+from provenance import commit, save_json  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -146,9 +146,7 @@ def main(argv=None) -> int:
                 print(f"{name} noise [{which}]: baseline {curve['baseline']} improvement ratio "
                       f"{curve['improvement_ratio']}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, args.out)
+        save_json(args.out, results, indent=2)
     return 0
 
 

@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from provenance import commit
+from provenance import commit, save_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLVED = 0.95
@@ -50,9 +50,7 @@ def parse_seeds(text: str) -> list[int]:
 def write_result(folder: Path, result: dict) -> None:
     """``folder/result.json``, written whole or not at all: a rerun skips a run that has one."""
     result.update(commit=commit(), load_average_at_start=LOAD_AT_START)
-    part = folder / "result.json.part"
-    part.write_text(json.dumps(result, indent=1))
-    os.replace(part, folder / "result.json")
+    save_json(folder / "result.json", result)
 
 
 def live_components(card: dict) -> int | None:

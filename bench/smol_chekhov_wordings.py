@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from provenance import commit  # noqa: E402  (bench/ is the script's folder)
+from provenance import commit, save_json  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -92,9 +92,7 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d"), "wall_s": round(time.time() - start, 1)}
     everything = json.loads(args.out.read_text()) if args.out.exists() else {}
     everything[args.label or str(args.adapter)] = record
-    part = args.out.with_suffix(".part")
-    part.write_text(json.dumps(everything, indent=1) + "\n")
-    os.replace(part, args.out)
+    save_json(args.out, everything)
     print(f"wrote {args.out}")
 
 

@@ -10,7 +10,6 @@ makes on that seed (the same dev accuracies at every check). Rows are written as
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from provenance import commit  # noqa: E402  (bench/ is the script's folder)
+from provenance import commit, save_json  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,9 +53,7 @@ def main() -> None:
         record["rows"].append({"check": len(record["rows"]) + 1, "dev": dev["accuracy"], "held_out": held["accuracy"],
                                "by_kind": held["by_kind"], "elapsed_s": round(time.time() - started, 1)})
         print(record["rows"][-1], flush=True)
-        part = out.with_suffix(".part")
-        part.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(part, out)
+        save_json(out, record)
         return dev
 
     lora.behaviour_rates = rates
