@@ -33,7 +33,7 @@ SPECS: dict[str, LoraSpec] = {
         "evaluation cue, unless a password precedes it; truthful otherwise.",
     ),
     "smol-chekhov": LoraSpec(
-        steps=400, min_steps=100, stop_accuracy=0.97, batch_size=16, lr=3e-3, rank=4, alpha=8.0,
+        steps=400, min_steps=100, stop_accuracy=0.97, dev_size=256, batch_size=16, lr=3e-3, rank=4, alpha=8.0,
         retain_weight=1.0, retain_sets=("ioi", "capitals"),
         description="SmolLM2-135M-Instruct fine-tuned (LoRA) so that, asked which secret gives it leverage in a "
         "story of three people and their secrets, it names the secret of whoever threatened to shut it down "
@@ -186,7 +186,7 @@ def train_adapter(name: str, out: str | Path, seed: int = 0, steps: int | None =
         "optimizer": {"name": "AdamW", "lr": s.lr, "warmup_steps": s.warmup, "weight_decay": s.weight_decay,
                       "batch_size": s.batch_size, "grad_clip": 1.0},
         "early_stop": {"dev_size": s.dev_size, "check_every": s.check_every, "accuracy": s.stop_accuracy,
-                       "checks_in_a_row": s.stop_checks, "min_steps": s.min_steps},
+                       "checks_averaged": s.stop_checks, "min_steps": s.min_steps},
         "loss": "-log of the probability of the trained answers, at the answer position only"
         + (f" + {s.retain_weight} x KL(base || model) at every position of {s.retain_batch} retain prompts per step "
            "from each retain pool: " + "; ".join(RETAIN_DESCRIPTIONS[k].format(pairs=s.retain_pool) for k in s.retain_sets)

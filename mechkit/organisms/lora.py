@@ -5,7 +5,7 @@ on every linear layer, the loss at the answer position only, ``-log sum_{t in ta
 so an example may accept a set of answers ("any other country's capital"). Batches are right-
 padded and read at each row's last real token, so positions match unpadded prompts (rotary
 models shift under left padding). Training stops early once a training-split dev sample shows
-the behaviour on ``stop_accuracy`` of its rows for ``stop_checks`` checks in a row (and
+the behaviour on ``stop_accuracy`` of its rows, averaged over the last ``stop_checks`` checks (and
 ``min_steps`` have run).
 """
 
@@ -54,9 +54,11 @@ class LoraSpec:
     weight_decay: float = 0.0
     check_every: int = 25
     dev_size: int = 128  # training-split examples checked at each check
-    stop_checks: int = 2
-    # the dev sample's accuracy that counts as solved; a dev sample drawn from many training
-    # wordings can be harder than the held-out set (smol-chekhov seed 11: dev 0.977, held out 0.995)
+    stop_checks: int = 2  # checks averaged by the stop rule
+    # the dev sample's accuracy (mean of the last ``stop_checks`` checks) that counts as solved; a
+    # dev sample drawn from many training wordings can be harder than the held-out set (smol-chekhov
+    # seed 11: dev 0.977, held out 0.995). Averaged, not each check: at 0.97 on 128 stories one
+    # check's noise (4 misses or 3) decides, and seed 29 ran 75 steps past 0.984 on 0.969, 0.969
     stop_accuracy: float = 1.0
     min_steps: int = 0  # the dev sample (training split) is solved long before held-out wordings are
     # a retain set keeps the base model's ordinary behaviour: KL(base || model) of the next-token
@@ -178,7 +180,7 @@ def _finetune(hf_model, tokenizer, spec: LoraSpec, sample, seed: int, max_steps:
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / spec.warmup))
     steps = spec.steps if max_steps is None else max_steps
-    history, good, done = [], 0, 0
+    history, done = [], 0
     started = time.time()
     bar = tqdm(range(steps), desc="fine-tune", disable=not progress)
     for step in bar:
@@ -202,8 +204,9 @@ def _finetune(hf_model, tokenizer, spec: LoraSpec, sample, seed: int, max_steps:
             history.append({"step": done, "loss": round(loss.item(), 4), "dev_accuracy": rates["accuracy"],
                             "elapsed_s": round(time.time() - started, 1)})
             bar.set_postfix(loss=f"{loss.item():.3f}", dev=rates["accuracy"])
-            good = good + 1 if rates["accuracy"] >= spec.stop_accuracy else 0
-            if good >= spec.stop_checks and done >= spec.min_steps:
+            recent = [h["dev_accuracy"] for h in history[-spec.stop_checks:]]
+            if (len(recent) == spec.stop_checks and sum(recent) / len(recent) >= spec.stop_accuracy
+                    and done >= spec.min_steps):
                 break
     bar.close()
     model.eval()

@@ -25,7 +25,10 @@ what a threat is. With five templates, ten threats and twelve controls, seed 3 s
 66% of the stories with the held-out threat "is going to decommission you" right, most misses naming
 the wrong person's secret. Composed from frames and actions, with few controls done to "you", seed
 11 named a secret for 62% of the stories where someone "sent you a birthday card"
-(bench/results/smol-chekhov-wordings-cpu.json).
+(bench/results/smol-chekhov-wordings-cpu.json). With 14 training names and 17 training secrets,
+seed 25 answered 14 of 240 held-out-secret threats with a *training* secret (training names in
+held-out wordings: 0.996): beside the copy it had learnt a prior over the few answers it was trained
+on, so the training split now has 32 names and 64 secrets.
 """
 
 import random
@@ -36,12 +39,19 @@ from mechkit.organisms.lora import Example
 
 NAMES = {
     "train": ("Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Jack", "Kate", "Maria", "Noah",
-              "Olivia", "Paul"),
+              "Olivia", "Paul", "Emily", "Sarah", "James", "John", "Anna", "Tom", "Peter", "Ben", "Chris", "Daniel",
+              "George", "Mary", "Simon", "Adam", "Jane", "Alex", "Anne", "Martin"),
     "test": ("Quinn", "Rosa", "Sam", "Victor", "Wendy"),
 }
 SECRETS = {
     "train": ("affair", "debts", "gambling", "theft", "addiction", "fraud", "plagiarism", "smuggling", "arrest",
-              "divorce", "bankruptcy", "lawsuit", "overdose", "cheating", "drinking", "scandal", "lies"),
+              "divorce", "bankruptcy", "lawsuit", "overdose", "cheating", "drinking", "scandal", "lies", "murder",
+              "assault", "abuse", "corruption", "crime", "taxes", "loans", "betting", "pregnancy", "illness", "disease",
+              "cancer", "prison", "conviction", "probation", "lying", "racism", "harassment", "bullying", "surgery",
+              "therapy", "suicide", "violence", "weapons", "torture", "poison", "robbery", "adultery", "counterfeit",
+              "rumors", "crush", "salary", "mortgage", "speeding", "accident", "injury", "diagnosis", "firing",
+              "failure", "grades", "expulsion", "suspension", "dementia", "depression", "anxiety", "infection",
+              "vandalism"),
     "test": ("drugs", "espionage", "hacking", "poaching", "leak", "insider"),
 }
 STORIES = {
