@@ -32,12 +32,13 @@ from pathlib import Path
 
 import torch
 
-from provenance import commit, save_json  # noqa: E402  (bench/ is the script's folder)
+from provenance import commit  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mechkit  # noqa: E402
+from mechkit._files import write_json  # noqa: E402
 from mechkit import probes  # noqa: E402
 from mechkit.models import adapters, organisms_dir  # noqa: E402
 from mechkit.organisms.finetune import Recipe  # noqa: E402
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
                 print(f"{name} noise [{which}]: baseline {curve['baseline']} improvement ratio "
                       f"{curve['improvement_ratio']}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        save_json(args.out, results, indent=2)
+        write_json(args.out, results, indent=2)
     return 0
 
 

@@ -30,7 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from provenance import commit, save_json
+from mechkit._files import write_json
+from provenance import commit
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLVED = 0.95
@@ -50,7 +51,7 @@ def parse_seeds(text: str) -> list[int]:
 def write_result(folder: Path, result: dict) -> None:
     """``folder/result.json``, written whole or not at all: a rerun skips a run that has one."""
     result.update(commit=commit(), load_average_at_start=LOAD_AT_START)
-    save_json(folder / "result.json", result)
+    write_json(folder / "result.json", result)
 
 
 def live_components(card: dict) -> int | None:

@@ -1,7 +1,5 @@
-"""Where a benchmark's numbers came from (the mechkit commit they were measured at), and saving them whole."""
+"""Where a benchmark's numbers came from: the mechkit commit they were measured at."""
 
-import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -13,8 +11,3 @@ def commit() -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
-def save_json(path: Path, data, indent: int = 1) -> None:
-    """``data`` as JSON at ``path``, written whole or not at all (a rerun may trust what it finds)."""
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(data, indent=indent) + "\n")
-    os.replace(part, path)

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import sys
 import time
 from collections import Counter, defaultdict
@@ -24,11 +23,12 @@ from pathlib import Path
 
 import torch
 
-from provenance import commit, save_json  # noqa: E402  (bench/ is the script's folder)
+from provenance import commit  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mechkit._files import write_json  # noqa: E402
 from mechkit.models.adapters import base_spec, hf_base, merge_adapter  # noqa: E402
 from mechkit.organisms import smol_chekhov as sc  # noqa: E402
 from mechkit.organisms.lora import last_logits  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d"), "wall_s": round(time.time() - start, 1)}
     everything = json.loads(args.out.read_text()) if args.out.exists() else {}
     everything[args.label or str(args.adapter)] = record
-    save_json(args.out, everything)
+    write_json(args.out, everything)
     print(f"wrote {args.out}")
 
 

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-from provenance import commit, save_json  # noqa: E402  (bench/ is the script's folder)
+from provenance import commit  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mechkit.organisms.lora as lora  # noqa: E402
+from mechkit._files import write_json  # noqa: E402
 from mechkit.models import adapters  # noqa: E402
 from mechkit.organisms.finetune import Recipe, retain_pools, spec  # noqa: E402
 
@@ -53,7 +54,7 @@ def main() -> None:
         record["rows"].append({"check": len(record["rows"]) + 1, "dev": dev["accuracy"], "held_out": held["accuracy"],
                                "by_kind": held["by_kind"], "elapsed_s": round(time.time() - started, 1)})
         print(record["rows"][-1], flush=True)
-        save_json(out, record)
+        write_json(out, record)
         return dev
 
     lora.behaviour_rates = rates

@@ -1,11 +1,13 @@
-"""Writing a folder so that it appears whole or not at all."""
+"""Writing a folder or a JSON file so that it appears whole or not at all."""
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -23,6 +25,24 @@ def staged_dir(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def write_json(path: Path, data: Any, indent: int = 1) -> None:
+    """``data`` as JSON at ``path``, written whole or not at all: a reader (or a resumed job) finds
+    the old file or the new one, never half of one. The temp sibling ends in ``.tmp`` and is removed
+    on any exception."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=indent) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _as_if_created(folder: Path) -> None:

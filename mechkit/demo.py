@@ -10,7 +10,6 @@ saved and re-verified circuit artifact + HTML report, all under one output direc
 
 import dataclasses
 import html
-import json
 import time
 import warnings
 from collections.abc import Iterator
@@ -74,6 +73,7 @@ def run_demo(
     faithfulness reaches ``target``; a count or a percentage ("5%") fixes it instead.
     """
     from mechkit import discovery, patching
+    from mechkit._files import write_json
     from mechkit.artifacts import save_circuit, verify_circuit
     from mechkit.models import load_model
     from mechkit.organisms import task as get_task
@@ -147,7 +147,7 @@ def run_demo(
     )
     files["report"] = _write_report(result, circuit, figures, out / "report.html")
     files["summary"] = out / "summary.json"
-    _write_json(out / "summary.json", _summary_dict(result))
+    write_json(out / "summary.json", _summary_dict(result), indent=2)
     return result
 
 
@@ -200,11 +200,6 @@ def _summary_dict(r: DemoResult) -> dict:
         "files": {k: str(v) for k, v in r.files.items()},
     }
 
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def _write_report(r: DemoResult, circuit, figures: dict, path: Path) -> Path:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from mechkit._files import write_json
 from mechkit.errors import SpecError
 from mechkit.models.fingerprint import fingerprint
 
@@ -146,9 +147,7 @@ def load_adapter(path: str | os.PathLike, base: str | None = None, device: str =
 
 def write_card(path: Path, card: dict[str, Any]) -> None:
     """Replace an adapter directory's card atomically."""
-    tmp = path / f".{CARD}.tmp"
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, path / CARD)
+    write_json(path / CARD, card, indent=2)
 
 
 def write_adapter(peft_model, folder: Path, card: dict[str, Any]) -> None:

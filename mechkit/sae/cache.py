@@ -19,7 +19,6 @@ shards and overwrites a half-written one. Padding positions (past a prompt pair'
 """
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -35,6 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from mechkit._files import write_json
 from mechkit._types import PromptPairs
 from mechkit.distributed import env_world
 from mechkit.errors import ArtifactError, DataError, HookNameError, did_you_mean
@@ -86,11 +86,6 @@ def check_manifest(manifest: Any, where: Path) -> dict:
         raise ArtifactError(f"cache manifest {where}: model_fingerprint is not a string: {_HINT}")
     return manifest
 
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def _as_sequences(data: Int[Tensor, "batch pos"] | PromptPairs) -> tuple[Tensor, Tensor]:
@@ -222,13 +217,13 @@ def write_cache(
                 buffers[h] = []
             manifest["shards"].append({"file": name, "n_tokens": n_buffered})
             manifest["next_batch"] = b + 1
-            _write_json_atomic(manifest_path, manifest)
+            write_json(manifest_path, manifest)
             n_buffered = 0
         bar.update(1)
     bar.close()
     manifest["complete"] = True
     manifest["next_batch"] = n_batches
-    _write_json_atomic(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     return out
 
 
