@@ -201,7 +201,6 @@ def _summary_dict(r: DemoResult) -> dict:
     }
 
 
-
 def _write_report(r: DemoResult, circuit, figures: dict, path: Path) -> Path:
     """One self-contained offline page: the summary, the figures and the circuit viewer, with
     plotly.js inlined once."""
