@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mechkit  # noqa: E402
-from mechkit._files import write_json  # noqa: E402
 from mechkit import probes  # noqa: E402
+from mechkit._files import write_json  # noqa: E402
 from mechkit.models import adapters, organisms_dir  # noqa: E402
 from mechkit.organisms.finetune import Recipe  # noqa: E402
 

@@ -37,9 +37,7 @@ def write_json(path: Path, data: Any, indent: int = 1) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(data, indent=indent) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -48,8 +46,14 @@ def write_json(path: Path, data: Any, indent: int = 1) -> None:
 def _as_if_created(folder: Path) -> None:
     """Give a staged folder and its files the modes a plain mkdir/open would have (mkdtemp and
     mkstemp make them private to the owner), so others can read a shared organism or cache."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask()
     os.chmod(folder, 0o777 & ~umask)
     for entry in folder.rglob("*"):
         os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~umask)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
